@@ -1,0 +1,1 @@
+"""oss-serve: a compact serving engine for gpt-oss."""
