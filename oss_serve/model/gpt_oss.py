@@ -1,0 +1,100 @@
+"""The gpt-oss transformer. Parameter names mirror the Hugging Face checkpoint so loading is a lookup."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from oss_serve.attention.base import AttentionBackend
+from oss_serve.model.config import ModelConfig
+from oss_serve.model.moe import MoE
+from oss_serve.model.rope import RotaryEmbedding, apply_rotary
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float, dtype: torch.dtype, device: torch.device | str) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.empty(size, dtype=dtype, device=device), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Computed in fp32 whatever the model dtype: the model was trained so.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (xf * self.weight.float()).to(x.dtype)
+
+
+def _linear(in_features: int, out_features: int, bias: bool, dtype: torch.dtype,
+            device: torch.device | str) -> nn.Linear:
+    layer = nn.Linear(in_features, out_features, bias=bias, dtype=dtype, device=device)
+    layer.requires_grad_(False)
+    return layer
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, layer_id: int, dtype: torch.dtype, device: torch.device | str) -> None:
+        super().__init__()
+        self.layer_id = layer_id
+        self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.num_kv_heads, config.head_dim
+        self.window = config.window_of(layer_id)
+        self.scale = self.head_dim ** -0.5
+        H = config.hidden_size
+        self.q_proj = _linear(H, self.num_heads * self.head_dim, True, dtype, device)
+        self.k_proj = _linear(H, self.num_kv_heads * self.head_dim, True, dtype, device)
+        self.v_proj = _linear(H, self.num_kv_heads * self.head_dim, True, dtype, device)
+        self.o_proj = _linear(self.num_heads * self.head_dim, H, True, dtype, device)
+        # Sinks stay fp32: they are single logits and the softmax runs in fp32.
+        self.sinks = nn.Parameter(torch.empty(self.num_heads, dtype=torch.float32, device=device), requires_grad=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn: AttentionBackend) -> torch.Tensor:
+        T = x.shape[0]
+        q = apply_rotary(self.q_proj(x).view(T, self.num_heads, self.head_dim), cos, sin)
+        k = apply_rotary(self.k_proj(x).view(T, self.num_kv_heads, self.head_dim), cos, sin)
+        v = self.v_proj(x).view(T, self.num_kv_heads, self.head_dim)
+        out = attn.forward(self.layer_id, q, k, v, self.sinks, self.window, self.scale)
+        return self.o_proj(out.reshape(T, self.num_heads * self.head_dim))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig, layer_id: int, dtype: torch.dtype, device: torch.device | str) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, device)
+        self.self_attn = Attention(config, layer_id, dtype, device)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, device)
+        self.mlp = MoE(config, dtype, device)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn: AttentionBackend) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class GptOssModel(nn.Module):
+    def __init__(self, config: ModelConfig, dtype: torch.dtype, device: torch.device | str) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, dtype=dtype, device=device)
+        self.embed_tokens.requires_grad_(False)
+        self.layers = nn.ModuleList(DecoderLayer(config, i, dtype, device) for i in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, device)
+        self.rotary = RotaryEmbedding(config).to(device)
+
+
+class GptOssForCausalLM(nn.Module):
+    """forward() maps the packed tokens of a batch to final hidden states; compute_logits() projects
+    only the rows the caller needs (usually each sequence's last token)."""
+
+    def __init__(self, config: ModelConfig, dtype: torch.dtype, device: torch.device | str) -> None:
+        super().__init__()
+        self.config = config
+        self.model = GptOssModel(config, dtype, device)
+        self.lm_head = _linear(config.hidden_size, config.vocab_size, False, dtype, device)
+
+    @torch.inference_mode()
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn: AttentionBackend) -> torch.Tensor:
+        cos, sin = self.model.rotary.cos_sin(positions)
+        x = self.model.embed_tokens(input_ids)
+        for layer in self.model.layers:
+            x = layer(x, cos, sin, attn)
+        return self.model.norm(x)
+
+    @torch.inference_mode()
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden).float()

@@ -1,0 +1,220 @@
+"""Loading a gpt-oss checkpoint in the Hugging Face layout: a folder or a hub id, sharded safetensors,
+experts as bf16 matrices or MXFP4 blocks/scales, and random "dummy" weights from config.json alone.
+
+Tensors stream one at a time from the memory-mapped shards into preallocated parameters, so the
+transient host memory is one tensor (plus its dequantized form for MXFP4 on the torch path),
+never a whole shard or model.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from oss_serve.model.config import ModelConfig
+from oss_serve.model.gpt_oss import GptOssForCausalLM
+from oss_serve.model.mxfp4 import dequantize_mxfp4
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32,
+          "float16": torch.float16}
+HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer*"]
+EXPERT_PREFIX = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.")
+
+
+class CheckpointError(ValueError):
+    """The checkpoint does not match its config: names the tensor and what was expected."""
+
+
+@dataclass
+class LoadedModel:
+    model: GptOssForCausalLM
+    config: ModelConfig
+    folder: Path
+    dtype: torch.dtype
+    device: torch.device
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device} was asked for, but torch sees no CUDA device")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        # The checkpoints are bf16; CPUs without fast bf16 matmuls still run it correctly.
+        return torch.bfloat16
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose auto, bfloat16 or float32")
+    return DTYPES[dtype]
+
+
+def resolve_model_path(model_path: str, revision: str | None = None) -> Path:
+    """A local folder as is; anything else is a hub id, downloaded (with a progress bar) on first use."""
+    local = Path(model_path).expanduser()
+    if local.is_dir():
+        return local
+    if local.exists() or model_path.startswith((".", "/", "~")) or model_path.count("/") != 1:
+        raise FileNotFoundError(f"--model-path {model_path!r} is neither a checkpoint folder nor a hub id like "
+                                f"'openai/gpt-oss-20b'")
+    from huggingface_hub import snapshot_download
+
+    logger.info("Downloading %s from the Hugging Face hub", model_path)
+    # The hub repo also carries the reference implementation's `original/` and `metal/` weights: skip them.
+    return Path(snapshot_download(model_path, revision=revision, allow_patterns=HUB_PATTERNS,
+                                  ignore_patterns=["original/*", "metal/*"]))
+
+
+def load_model(model_path: str, *, dtype: str | torch.dtype = "auto", device: str = "auto",
+               load_format: str = "auto", revision: str | None = None, seed: int = 0) -> LoadedModel:
+    folder = resolve_model_path(model_path, revision)
+    config = ModelConfig.from_folder(folder)
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    model = GptOssForCausalLM(config, torch_dtype, torch_device)
+    if load_format == "dummy":
+        init_dummy_weights(model, seed)
+    elif load_format in ("auto", "safetensors"):
+        load_safetensors(model, config, folder)
+    else:
+        raise ValueError(f"unknown load_format {load_format!r}; choose auto, safetensors or dummy")
+    model.eval()
+    params_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    logger.info("Loaded %s: %d layers, %.2f GiB of weights in %s on %s", folder, config.num_layers,
+                params_bytes / 2**30, str(torch_dtype).removeprefix("torch."), torch_device)
+    return LoadedModel(model, config, folder, torch_dtype, torch_device)
+
+
+def init_dummy_weights(model: GptOssForCausalLM, seed: int) -> None:
+    """Random weights with scales that keep activations O(1), for benchmarking without a download."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    for name, param in model.named_parameters():
+        if name.endswith("norm.weight"):
+            param.fill_(1.0)
+            continue
+        fan_in = param.shape[-1] if param.dim() > 1 else 1
+        if ".experts.gate_up_proj" in name or ".experts.down_proj" in name:
+            fan_in = param.shape[-2] if param.dim() == 3 else 1
+        std = 1.0 if name.endswith(("sinks", "embed_tokens.weight")) else min(0.02, 1 / math.sqrt(fan_in))
+        # Generate per slice on the CPU so a 120b dummy load never needs a second full copy in memory.
+        flat = param.view(-1) if param.is_contiguous() else None
+        chunk = 1 << 24
+        for start in range(0, param.numel(), chunk):
+            n = min(chunk, param.numel() - start)
+            values = torch.randn(n, generator=generator) * std
+            flat[start:start + n].copy_(values)
+
+
+def _shard_files(folder: Path) -> dict[str, Path]:
+    """tensor name -> shard file, from model.safetensors.index.json or a single model.safetensors."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return {name: folder / file for name, file in weight_map.items()}
+    single = folder / "model.safetensors"
+    if single.is_file():
+        with _open_shard(single) as f:
+            return {name: single for name in f.keys()}
+    raise FileNotFoundError(f"{folder} has no model.safetensors.index.json or model.safetensors")
+
+
+def _open_shard(path: Path):
+    if not path.is_file():
+        raise CheckpointError(f"shard {path.name} named in the index is missing from {path.parent}")
+    try:
+        return safe_open(str(path), framework="pt", device="cpu")
+    except SafetensorError as e:
+        raise CheckpointError(f"{path.name} is not a readable safetensors file (truncated or corrupt?): {e}") from e
+
+
+def expected_checkpoint_tensors(model: GptOssForCausalLM, config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor name the checkpoint must hold, with the shape it must have on disk."""
+    E, H, I = config.num_experts, config.hidden_size, config.intermediate_size
+    expected: dict[str, tuple[int, ...]] = {}
+    for name, param in model.named_parameters():
+        if ".mlp.experts." not in name:
+            expected[name] = tuple(param.shape)
+    for layer in range(config.num_layers):
+        prefix = f"model.layers.{layer}.mlp.experts."
+        if config.quant_method == "mxfp4":
+            expected |= {
+                prefix + "gate_up_proj_blocks": (E, 2 * I, H // 32, 16),
+                prefix + "gate_up_proj_scales": (E, 2 * I, H // 32),
+                prefix + "down_proj_blocks": (E, H, I // 32, 16),
+                prefix + "down_proj_scales": (E, H, I // 32),
+            }
+        else:
+            expected |= {prefix + "gate_up_proj": (E, H, 2 * I), prefix + "down_proj": (E, I, H)}
+        expected |= {prefix + "gate_up_proj_bias": (E, 2 * I), prefix + "down_proj_bias": (E, H)}
+    return expected
+
+
+def load_safetensors(model: GptOssForCausalLM, config: ModelConfig, folder: Path) -> None:
+    files = _shard_files(folder)
+    expected = expected_checkpoint_tensors(model, config)
+    missing = sorted(set(expected) - set(files))
+    if missing:
+        raise CheckpointError(f"checkpoint {folder} lacks {len(missing)} tensor(s) that config.json implies, "
+                              f"first {missing[0]!r} (expected shape {list(expected[missing[0]])})")
+    unexpected = sorted(set(files) - set(expected))
+    if unexpected:
+        logger.warning("checkpoint has %d tensor(s) this model does not use, e.g. %r", len(unexpected), unexpected[0])
+    params = dict(model.named_parameters())
+    by_shard: dict[Path, list[str]] = {}
+    for name in expected:
+        by_shard.setdefault(files[name], []).append(name)
+    # Check every shape (headers only) before copying anything, so a bad checkpoint fails fast.
+    for shard, names in sorted(by_shard.items()):
+        with _open_shard(shard) as f:
+            present = set(f.keys())
+            for name in names:
+                if name not in present:
+                    raise CheckpointError(f"tensor {name!r} is listed in the index under {shard.name}, "
+                                          f"but that file does not hold it (expected shape {list(expected[name])})")
+                shape = tuple(f.get_slice(name).get_shape())
+                if shape != expected[name]:
+                    raise CheckpointError(f"tensor {name!r} in {shard.name} has shape {list(shape)}, "
+                                          f"but config.json implies {list(expected[name])}")
+    dequantized_bytes = 0
+    for shard, names in sorted(by_shard.items()):
+        with _open_shard(shard) as f:
+            for name in sorted(names):
+                if name.endswith("_scales"):
+                    continue  # read together with its blocks
+                if name.endswith("_blocks"):
+                    base = name.removesuffix("_blocks")
+                    scales_name, scales_shard = base + "_scales", files[base + "_scales"]
+                    if scales_shard == shard:
+                        scales = _read(f, scales_name, shard)
+                    else:
+                        with _open_shard(scales_shard) as g:
+                            scales = _read(g, scales_name, scales_shard)
+                    dense = dequantize_mxfp4(_read(f, name, shard), scales, dtype=params[base].dtype)  # [E, out, in]
+                    params[base].copy_(dense.transpose(1, 2))
+                    dequantized_bytes += dense.numel() * dense.element_size()
+                    del dense
+                    continue
+                target = params[name]
+                target.copy_(_read(f, name, shard).to(target.dtype))
+    if dequantized_bytes:
+        logger.info("MXFP4 experts dequantized for the torch path: %.2f GiB in %s (about 4x their packed size)",
+                    dequantized_bytes / 2**30, str(next(model.parameters()).dtype).removeprefix("torch."))
+
+
+def _read(f, name: str, shard: Path) -> torch.Tensor:
+    try:
+        return f.get_tensor(name)
+    except SafetensorError as e:
+        raise CheckpointError(f"tensor {name!r} in {shard.name} cannot be read (truncated file?): {e}") from e

@@ -1,0 +1,80 @@
+"""Mixture of experts: router top-k then softmax, interleaved clamped SwiGLU experts with biases."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from oss_serve.model.config import ModelConfig
+
+
+class Router(nn.Module):
+    def __init__(self, config: ModelConfig, dtype: torch.dtype, device: torch.device | str) -> None:
+        super().__init__()
+        self.top_k = config.experts_per_token
+        self.weight = nn.Parameter(torch.empty(config.num_experts, config.hidden_size, dtype=dtype, device=device),
+                                   requires_grad=False)
+        self.bias = nn.Parameter(torch.empty(config.num_experts, dtype=dtype, device=device), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns expert ids [T, k] and their fp32 weights [T, k] (softmax over the chosen k only)."""
+        logits = nn.functional.linear(x, self.weight, self.bias)
+        top_logits, top_ids = torch.topk(logits, self.top_k, dim=-1)
+        return top_ids, torch.softmax(top_logits.float(), dim=-1)
+
+
+def swiglu_clamped(gate_up: torch.Tensor, limit: float, alpha: float) -> torch.Tensor:
+    """gate_up [..., 2I] with gate on even and up on odd columns -> [..., I]."""
+    gate, up = gate_up[..., 0::2], gate_up[..., 1::2]
+    gate = gate.clamp(max=limit)
+    up = up.clamp(min=-limit, max=limit)
+    return (up + 1) * gate * torch.sigmoid(alpha * gate)
+
+
+class TorchExperts(nn.Module):
+    """Experts held as dense matrices in the model dtype, laid out for `x @ W`:
+    gate_up [E, H, 2I], down [E, I, H]. Each expert runs once on the tokens routed to it."""
+
+    def __init__(self, config: ModelConfig, dtype: torch.dtype, device: torch.device | str) -> None:
+        super().__init__()
+        E, H, I = config.num_experts, config.hidden_size, config.intermediate_size
+        self.limit, self.alpha = config.swiglu_limit, config.swiglu_alpha
+
+        def empty(*shape: int) -> nn.Parameter:
+            return nn.Parameter(torch.empty(*shape, dtype=dtype, device=device), requires_grad=False)
+
+        self.gate_up_proj = empty(E, H, 2 * I)
+        self.gate_up_proj_bias = empty(E, 2 * I)
+        self.down_proj = empty(E, I, H)
+        self.down_proj_bias = empty(E, H)
+
+    def forward(self, x: torch.Tensor, expert_ids: torch.Tensor, expert_weights: torch.Tensor) -> torch.Tensor:
+        num_tokens, top_k = expert_ids.shape
+        flat_ids = expert_ids.flatten()
+        order = torch.argsort(flat_ids, stable=True)
+        counts = torch.bincount(flat_ids, minlength=self.gate_up_proj.shape[0]).tolist()
+        token_of = order // top_k
+        weight_of = expert_weights.flatten()[order]
+        out = torch.zeros(num_tokens, x.shape[1], dtype=torch.float32, device=x.device)
+        start = 0
+        for expert, count in enumerate(counts):
+            if count == 0:
+                continue
+            rows = slice(start, start + count)
+            start += count
+            tokens = token_of[rows]
+            h = x[tokens] @ self.gate_up_proj[expert] + self.gate_up_proj_bias[expert]
+            h = swiglu_clamped(h, self.limit, self.alpha)
+            y = h @ self.down_proj[expert] + self.down_proj_bias[expert]
+            out.index_add_(0, tokens, y.float() * weight_of[rows, None])
+        return out.to(x.dtype)
+
+
+class MoE(nn.Module):
+    def __init__(self, config: ModelConfig, dtype: torch.dtype, device: torch.device | str) -> None:
+        super().__init__()
+        self.router = Router(config, dtype, device)
+        self.experts = TorchExperts(config, dtype, device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        expert_ids, expert_weights = self.router(x)
+        return self.experts(x, expert_ids, expert_weights)
