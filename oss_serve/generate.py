@@ -95,7 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         print(text)
     else:
         analysis, final = split_channels(encoding, output_ids)
-        print(f"[analysis]\n{analysis}\n\n[final]\n{final}")
+        if not analysis and not final:
+            # A random-weight model rarely writes valid harmony: show what it did write.
+            print(f"[unparsed output]\n{tokenizer.decode(output_ids, skip_special_tokens=False)}")
+        else:
+            print(f"[analysis]\n{analysis}\n\n[final]\n{final}")
     return 0
 
 
@@ -111,8 +115,7 @@ def render_chat_prompt(question: str, reasoning_effort: str) -> list[int]:
 
 
 def split_channels(encoding, output_ids: list[int]) -> tuple[str, str]:
-    """Analysis and final text of a completion; a random-weight model's output may not parse at all,
-    in which case the raw text is shown as final."""
+    """Analysis and final text of a completion, as far as it parses."""
     from openai_harmony import Role, StreamableParser
 
     parser = StreamableParser(encoding, role=Role.ASSISTANT, strict=False)

@@ -20,6 +20,7 @@ from safetensors import SafetensorError, safe_open
 from oss_serve.model.config import ModelConfig
 from oss_serve.model.gpt_oss import GptOssForCausalLM
 from oss_serve.model.mxfp4 import dequantize_mxfp4
+from oss_serve.model.rope import RotaryEmbedding
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,10 @@ def load_model(model_path: str, *, dtype: str | torch.dtype = "auto", device: st
     config = ModelConfig.from_folder(folder)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    model = GptOssForCausalLM(config, torch_dtype, torch_device)
+    # Built on the meta device then materialized uninitialized: every weight is overwritten next,
+    # and torch's default init would cost time and, for the vocab-sized matrices, transient memory.
+    model = GptOssForCausalLM(config, torch_dtype, "meta").to_empty(device=torch_device)
+    model.model.rotary = RotaryEmbedding(config).to(torch_device)
     if load_format == "dummy":
         init_dummy_weights(model, seed)
     elif load_format in ("auto", "safetensors"):
@@ -206,11 +210,29 @@ def load_safetensors(model: GptOssForCausalLM, config: ModelConfig, folder: Path
                     dequantized_bytes += dense.numel() * dense.element_size()
                     del dense
                     continue
-                target = params[name]
-                target.copy_(_read(f, name, shard).to(target.dtype))
+                _copy_in_row_chunks(f, name, shard, params[name])
     if dequantized_bytes:
         logger.info("MXFP4 experts dequantized for the torch path: %.2f GiB in %s (about 4x their packed size)",
                     dequantized_bytes / 2**30, str(next(model.parameters()).dtype).removeprefix("torch."))
+
+
+ROWS_PER_READ_BYTES = 32 * 2**20
+
+
+def _copy_in_row_chunks(f, name: str, shard: Path, target: torch.Tensor) -> None:
+    """Copy a tensor into its parameter a slab of rows at a time, so that reading the embedding or
+    lm_head (the largest tensors) never holds a second full copy in memory."""
+    try:
+        view = f.get_slice(name)
+        row_bytes = max(1, target[0].numel() * target.element_size()) if target.dim() > 0 else 1
+        step = max(1, ROWS_PER_READ_BYTES // row_bytes)
+        if target.dim() == 0 or target.shape[0] <= step:
+            target.copy_(view[:] if target.dim() else f.get_tensor(name))
+            return
+        for start in range(0, target.shape[0], step):
+            target[start:start + step].copy_(view[start:start + step])
+    except SafetensorError as e:
+        raise CheckpointError(f"tensor {name!r} in {shard.name} cannot be read (truncated file?): {e}") from e
 
 
 def _read(f, name: str, shard: Path) -> torch.Tensor:

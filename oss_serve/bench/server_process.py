@@ -1,0 +1,109 @@
+"""Start `python -m oss_serve.launch_server` as a child process and wait until it answers `/health`.
+
+Used by the end-to-end tests and by benchmark scripts that bring their own server.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+
+class ServerNotReady(RuntimeError):
+    """The server exited because part of the project it imports is not written yet."""
+
+
+_NOT_WRITTEN_YET = re.compile(r"(ImportError: cannot import name .* from 'oss_serve[^\n]*"
+                              r"|ModuleNotFoundError: No module named 'oss_serve[^\n]*)")
+
+
+def launch_server_available() -> bool:
+    return importlib.util.find_spec("oss_serve.launch_server") is not None
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerProcess:
+    def __init__(self, model_path: str | Path, extra_args: list[str] | None = None, port: int | None = None,
+                 startup_timeout: float = 600.0) -> None:
+        self.port = port or free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log_path = Path(tempfile.mkstemp(prefix="oss_serve_server_", suffix=".log")[1])
+        command = [sys.executable, "-m", "oss_serve.launch_server", "--model-path", str(model_path),
+                   "--host", "127.0.0.1", "--port", str(self.port), *(extra_args or [])]
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+        try:
+            self._wait_healthy(startup_timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def log_tail(self, max_chars: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-max_chars:]
+
+    def _wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                log = self.log_tail()
+                if (missing := _NOT_WRITTEN_YET.search(log)) is not None:
+                    raise ServerNotReady(f"the server cannot start yet: {missing.group(0)}")
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{log}")
+            try:
+                if httpx.get(self.base_url + "/health", timeout=5.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass  # not listening yet
+            time.sleep(0.5)
+        raise TimeoutError(f"server not healthy after {timeout:.0f}s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def __enter__(self) -> "ServerProcess":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def has_responses_api(base_url: str) -> bool:
+    """Whether the server routes /v1/responses: a server that does answers an empty body with 400, not 404."""
+    return httpx.post(base_url.rstrip("/") + "/v1/responses", json={}, timeout=30).status_code != 404
+
+
+_shared_servers: dict[str, ServerProcess] = {}
+
+
+def shared_server(model_path: str | Path, extra_args: list[str] | None = None) -> ServerProcess:
+    """One server per (checkpoint, flags) for the whole test session; `stop_shared_servers` ends them."""
+    key = f"{model_path}|{' '.join(extra_args or [])}"
+    server = _shared_servers.get(key)
+    if server is None or server.process.poll() is not None:
+        server = _shared_servers[key] = ServerProcess(model_path, extra_args)
+    return server
+
+
+def stop_shared_servers() -> None:
+    while _shared_servers:
+        _, server = _shared_servers.popitem()
+        server.stop()

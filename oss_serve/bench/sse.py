@@ -1,0 +1,55 @@
+"""Server-sent events, parsed line by line as they arrive (the WHATWG event-stream rules that
+matter to LLM servers: `event:` and `data:` fields, comments, blank-line dispatch)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class SSEEvent:
+    data: str
+    event: str | None = None
+
+
+class SSEParser:
+    def __init__(self) -> None:
+        self._event_name: str | None = None
+        self._data_lines: list[str] = []
+
+    def feed_line(self, line: str) -> SSEEvent | None:
+        """Feed one line (without or with its line ending); returns an event when one completes."""
+        line = line.rstrip("\r\n")
+        if not line:
+            return self._dispatch()
+        if line.startswith(":"):
+            return None
+        field, _, value = line.partition(":")
+        if value.startswith(" "):
+            value = value[1:]
+        if field == "data":
+            self._data_lines.append(value)
+        elif field == "event":
+            self._event_name = value
+        return None
+
+    def finish(self) -> SSEEvent | None:
+        """The last event of a stream that ended without a blank line."""
+        return self._dispatch()
+
+    def _dispatch(self) -> SSEEvent | None:
+        if not self._data_lines:
+            self._event_name = None
+            return None
+        event = SSEEvent(data="\n".join(self._data_lines), event=self._event_name)
+        self._data_lines = []
+        self._event_name = None
+        return event
+
+
+def parse_sse_text(text: str) -> list[SSEEvent]:
+    """All events of a complete stream body."""
+    parser = SSEParser()
+    events = [event for line in text.splitlines() if (event := parser.feed_line(line)) is not None]
+    if (last := parser.finish()) is not None:
+        events.append(last)
+    return events

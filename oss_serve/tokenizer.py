@@ -1,0 +1,81 @@
+"""Text <-> token ids for a checkpoint, from its `tokenizer.json` (Hugging Face format)."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import tokenizers
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    with open(path, encoding="utf-8") as file:
+        return json.load(file)
+
+
+def _as_id_list(value: int | list[int] | None) -> list[int]:
+    if value is None:
+        return []
+    if isinstance(value, int):
+        return [value]
+    return [int(token_id) for token_id in value]
+
+
+class Tokenizer:
+    """A checkpoint's tokenizer.
+
+    Text that spells a special token (say "<|start|>" inside user content) is encoded as plain
+    text unless the caller asks otherwise, so that prompt text can never inject control tokens.
+    """
+
+    def __init__(self, tokenizer_json: str, eos_token_ids: Sequence[int] = ()) -> None:
+        self._tokenizer_json = tokenizer_json
+        # `encode_special_tokens` is a property of the whole tokenizer object, not an encode()
+        # argument, so each behaviour gets its own instance (safe to share across threads).
+        self._plain_text = tokenizers.Tokenizer.from_str(tokenizer_json)
+        self._plain_text.encode_special_tokens = True
+        self.eos_token_ids: list[int] = list(eos_token_ids)
+
+    @functools.cached_property
+    def _with_specials(self) -> tokenizers.Tokenizer:
+        return tokenizers.Tokenizer.from_str(self._tokenizer_json)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path) -> Tokenizer:
+        """Load from a checkpoint folder holding tokenizer.json (and generation_config.json)."""
+        folder = Path(folder)
+        tokenizer_json = (folder / TOKENIZER_FILE).read_text(encoding="utf-8")
+        # generation_config.json lists every id that ends generation; config.json often only one.
+        eos_token_ids: list[int] = []
+        for config_name in ("generation_config.json", "config.json"):
+            config = _read_json(folder / config_name)
+            if config is not None and config.get("eos_token_id") is not None:
+                eos_token_ids = _as_id_list(config["eos_token_id"])
+                break
+        return cls(tokenizer_json, eos_token_ids)
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids the tokenizer knows, special tokens included."""
+        return self._plain_text.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str, allow_special: bool = False) -> list[int]:
+        """Token ids of `text`; special-token text becomes control tokens only if allowed."""
+        tokenizer = self._with_specials if allow_special else self._plain_text
+        return tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        return self._plain_text.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def id_to_token(self, token_id: int) -> str | None:
+        """The vocabulary entry for `token_id` (byte-level alphabet for BPE tokens)."""
+        return self._plain_text.id_to_token(token_id)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self._plain_text.token_to_id(token)
