@@ -102,23 +102,21 @@ def load_model(model_path: str, *, dtype: str | torch.dtype = "auto", device: st
 
 
 def init_dummy_weights(model: GptOssForCausalLM, seed: int) -> None:
-    """Random weights with scales that keep activations O(1), for benchmarking without a download."""
-    generator = torch.Generator(device="cpu").manual_seed(seed)
+    """Random weights with scales that keep activations O(1), for benchmarking without a download.
+    Drawn on the parameters' own device, so that a dummy 120b on a GPU costs no host memory."""
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
     for name, param in model.named_parameters():
         if name.endswith("norm.weight"):
             param.fill_(1.0)
             continue
-        fan_in = param.shape[-1] if param.dim() > 1 else 1
-        if ".experts.gate_up_proj" in name or ".experts.down_proj" in name:
-            fan_in = param.shape[-2] if param.dim() == 3 else 1
-        std = 1.0 if name.endswith(("sinks", "embed_tokens.weight")) else min(0.02, 1 / math.sqrt(fan_in))
-        # Generate per slice on the CPU so a 120b dummy load never needs a second full copy in memory.
-        flat = param.view(-1) if param.is_contiguous() else None
-        chunk = 1 << 24
-        for start in range(0, param.numel(), chunk):
-            n = min(chunk, param.numel() - start)
-            values = torch.randn(n, generator=generator) * std
-            flat[start:start + n].copy_(values)
+        if name.endswith(("sinks", "embed_tokens.weight")):
+            std = 1.0
+        else:
+            # Experts are laid out [E, in, out]; every other matrix [out, in].
+            fan_in = param.shape[-2] if ".experts." in name and param.dim() == 3 else param.shape[-1]
+            std = min(0.02, 1 / math.sqrt(fan_in)) if param.dim() > 1 else 0.02
+        param.normal_(0.0, std, generator=generator)
 
 
 def _shard_files(folder: Path) -> dict[str, Path]:

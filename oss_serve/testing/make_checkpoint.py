@@ -67,6 +67,30 @@ PRESETS: dict[str, CheckpointPreset] = {
         intermediate_size=512,
         sliding_window=128,
     ),
+    # The real models' shapes, for `--config-only` folders that `--load-format dummy` fills with
+    # random weights: benchmarks at full size without a download.
+    "gpt-oss-20b": CheckpointPreset(
+        hidden_size=2880,
+        num_hidden_layers=24,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        head_dim=64,
+        num_local_experts=32,
+        num_experts_per_tok=4,
+        intermediate_size=2880,
+        sliding_window=128,
+    ),
+    "gpt-oss-120b": CheckpointPreset(
+        hidden_size=2880,
+        num_hidden_layers=36,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        head_dim=64,
+        num_local_experts=128,
+        num_experts_per_tok=4,
+        intermediate_size=2880,
+        sliding_window=128,
+    ),
 }
 
 MXFP4_MODULES_NOT_CONVERTED = [
@@ -247,13 +271,26 @@ def _write_json(path: Path, content: dict) -> None:
     path.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
 
 
-def make_checkpoint(out_dir: str | Path, preset: str = "tiny", mxfp4: bool = False, seed: int = 0) -> Path:
-    """Write a random gpt-oss checkpoint to `out_dir` (created if missing); returns its path."""
+def write_metadata_files(out_dir: Path, dims: CheckpointPreset, mxfp4: bool) -> None:
+    """config.json, generation_config.json and the tokenizer files: all but the weights."""
+    _write_json(out_dir / "config.json", build_config(dims, mxfp4))
+    _write_json(out_dir / "generation_config.json", build_generation_config())
+    _write_json(out_dir / "tokenizer_config.json", build_tokenizer_config())
+    shutil.copyfile(cached_tokenizer_json(), out_dir / "tokenizer.json")
+
+
+def make_checkpoint(out_dir: str | Path, preset: str = "tiny", mxfp4: bool = False, seed: int = 0,
+                    config_only: bool = False) -> Path:
+    """Write a random gpt-oss checkpoint to `out_dir` (created if missing); returns its path.
+    `config_only` writes everything but the weights (for `--load-format dummy`)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
     dims = PRESETS[preset]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if config_only:
+        write_metadata_files(out_dir, dims, mxfp4)
+        return out_dir
     sampler = _WeightSampler(seed)
 
     # Draw in a fixed order so a seed always gives the same weights, whatever the format.
@@ -288,10 +325,7 @@ def make_checkpoint(out_dir: str | Path, preset: str = "tiny", mxfp4: bool = Fal
         out_dir / "model.safetensors.index.json",
         {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))},
     )
-    _write_json(out_dir / "config.json", build_config(dims, mxfp4))
-    _write_json(out_dir / "generation_config.json", build_generation_config())
-    _write_json(out_dir / "tokenizer_config.json", build_tokenizer_config())
-    shutil.copyfile(cached_tokenizer_json(), out_dir / "tokenizer.json")
+    write_metadata_files(out_dir, dims, mxfp4)
     return out_dir
 
 
@@ -301,8 +335,11 @@ def main() -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     parser.add_argument("--mxfp4", action="store_true", help="store experts as MXFP4 blocks and scales")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--config-only", action="store_true",
+                        help="write config and tokenizer but no weights, for --load-format dummy")
     args = parser.parse_args()
-    print(make_checkpoint(args.out, preset=args.preset, mxfp4=args.mxfp4, seed=args.seed))
+    print(make_checkpoint(args.out, preset=args.preset, mxfp4=args.mxfp4, seed=args.seed,
+                          config_only=args.config_only))
 
 
 if __name__ == "__main__":
