@@ -1,0 +1,292 @@
+"""Mixture-of-experts over MXFP4 expert weights: grouped GEMMs that decode the fp4 blocks in registers.
+
+Routing slots (token, choice) are sorted by expert into tiles of BLOCK_M rows, each tile padded so that
+it holds one expert only. Two kernels then run over (tile, output-column block):
+  1. gate_up: rows of x @ W_gu[e]^T + bias, with the interleaved clamped SwiGLU in the epilogue, so only
+     the [rows, I] activation reaches memory (never the [rows, 2I] pre-activation);
+  2. down: h @ W_d[e]^T + bias, scaled by the routing weight, written per slot, then summed over the k
+     choices of each token (a fixed-order sum: deterministic, unlike atomics).
+Weights stay packed (4.25 bits per value) in memory; a bf16 copy of the experts is never made.
+
+The grouping itself is two small kernels (histogram + tile map, then atomic placement) instead of a dozen
+torch ops, since at batch 1 those launches would cost more than the expert GEMMs' own latency. Slots
+land in a tile in arbitrary order, but every row of a GEMM tile is computed alike and the k choices are
+summed in a fixed order, so results are bitwise reproducible. Shapes depend only on T, k and E: the call
+is CUDA-graph safe.
+"""
+from __future__ import annotations
+
+import torch
+
+from oss_serve.kernels import _support
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only install: the torch reference serves every call
+    triton = tl = None
+
+
+def moe_mxfp4_reference(x: torch.Tensor, expert_ids: torch.Tensor, expert_weights: torch.Tensor,
+                        gate_up_blocks: torch.Tensor, gate_up_scales: torch.Tensor, gate_up_bias: torch.Tensor,
+                        down_blocks: torch.Tensor, down_scales: torch.Tensor, down_bias: torch.Tensor,
+                        swiglu_limit: float = 7.0, swiglu_alpha: float = 1.702) -> torch.Tensor:
+    """Dequantizes one routed expert at a time and runs it like `TorchExperts`, in x's dtype."""
+    # Imported here: the model may import this module to pick its GPU path.
+    from oss_serve.model.moe import swiglu_clamped
+    from oss_serve.model.mxfp4 import dequantize_mxfp4
+
+    out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+    for expert in torch.unique(expert_ids).tolist():
+        tokens, choices = (expert_ids == expert).nonzero(as_tuple=True)
+        gate_up = dequantize_mxfp4(gate_up_blocks[expert], gate_up_scales[expert], x.dtype)  # [2I, H]
+        h = x[tokens] @ gate_up.T + gate_up_bias[expert].to(x.dtype)
+        h = swiglu_clamped(h, swiglu_limit, swiglu_alpha)
+        down = dequantize_mxfp4(down_blocks[expert], down_scales[expert], x.dtype)  # [H, I]
+        y = h @ down.T + down_bias[expert].to(x.dtype)
+        out.index_add_(0, tokens, y.float() * expert_weights[tokens, choices, None].float())
+    return out.to(x.dtype)
+
+
+def moe_mxfp4(x: torch.Tensor, expert_ids: torch.Tensor, expert_weights: torch.Tensor,
+              gate_up_blocks: torch.Tensor, gate_up_scales: torch.Tensor, gate_up_bias: torch.Tensor,
+              down_blocks: torch.Tensor, down_scales: torch.Tensor, down_bias: torch.Tensor,
+              swiglu_limit: float = 7.0, swiglu_alpha: float = 1.702, *, block_m: int | None = None) -> torch.Tensor:
+    """x [T, H]; expert_ids int [T, k]; expert_weights fp32 [T, k];
+    gate_up_blocks uint8 [E, 2I, H/32, 16], gate_up_scales uint8 [E, 2I, H/32], gate_up_bias [E, 2I];
+    down_blocks uint8 [E, H, I/32, 16], down_scales uint8 [E, H, I/32], down_bias [E, H]. Returns [T, H]
+    in x's dtype. `block_m` (rows per expert tile) defaults to a choice from T, k and E.
+    """
+    if not _support.use_triton(x):
+        return moe_mxfp4_reference(x, expert_ids, expert_weights, gate_up_blocks, gate_up_scales, gate_up_bias,
+                                   down_blocks, down_scales, down_bias, swiglu_limit, swiglu_alpha)
+    return _moe_mxfp4_triton(x, expert_ids, expert_weights, gate_up_blocks, gate_up_scales, gate_up_bias,
+                             down_blocks, down_scales, down_bias, swiglu_limit, swiglu_alpha, block_m)
+
+
+def group_slots_by_expert(expert_ids: torch.Tensor, num_experts: int,
+                          block_m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (tile_expert int32 [max_tiles], row_slot int32 [max_tiles * block_m]).
+
+    Slot s = token * k + choice. Expert e's slots fill ceil(count_e / block_m) consecutive tiles; padding rows
+    hold -1 and unused tiles have expert id num_experts. max_tiles depends only on T*k and E.
+    """
+    flat = expert_ids.flatten().long()
+    num_slots = flat.numel()
+    device = flat.device
+    max_tiles = -(-num_slots // block_m) + min(num_experts, num_slots)
+    counts = torch.zeros(num_experts, dtype=torch.long, device=device).index_add_(
+        0, flat, torch.ones_like(flat))  # bincount would sync with the host to size its output
+    tiles = (counts + block_m - 1) // block_m
+    tile_end = tiles.cumsum(0)
+    tile_begin = tile_end - tiles
+    tile_expert = torch.searchsorted(tile_end, torch.arange(max_tiles, device=device), right=True)
+    order = torch.argsort(flat, stable=True)
+    sorted_expert = flat[order]
+    first_sorted = counts.cumsum(0) - counts
+    rank = torch.arange(num_slots, device=device) - first_sorted[sorted_expert]
+    row_slot = torch.full((max_tiles * block_m,), -1, dtype=torch.int32, device=device)
+    row_slot[tile_begin[sorted_expert] * block_m + rank] = order.to(torch.int32)
+    return tile_expert.to(torch.int32), row_slot
+
+
+def _group_slots_triton(expert_ids: torch.Tensor, num_experts: int,
+                        block_m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`group_slots_by_expert` in two launches; slots within an expert's tiles may come in any order."""
+    flat = expert_ids.reshape(-1)
+    num_slots = flat.numel()
+    max_tiles = -(-num_slots // block_m) + min(num_experts, num_slots)
+    device = flat.device
+    tile_expert = torch.empty(max_tiles, dtype=torch.int32, device=device)
+    row_slot = torch.empty(max_tiles * block_m, dtype=torch.int32, device=device)
+    tile_begin = torch.empty(num_experts, dtype=torch.int32, device=device)
+    cursor = torch.empty(num_experts, dtype=torch.int32, device=device)
+    chunk = 1024 if flat.is_cuda else 64
+    moe_tile_map_kernel[(1,)](flat, num_slots, num_experts, tile_expert, max_tiles, row_slot, tile_begin, cursor,
+                              BLOCK_M=block_m, NUM_BINS=triton.next_power_of_2(num_experts + 1), CHUNK=chunk,
+                              TILE_CHUNK=64 if flat.is_cuda else 16)
+    moe_place_slots_kernel[(triton.cdiv(num_slots, chunk),)](flat, num_slots, tile_begin, cursor, row_slot,
+                                                             BLOCK_M=block_m, CHUNK=chunk)
+    return tile_expert, row_slot
+
+
+def _moe_mxfp4_triton(x, expert_ids, expert_weights, gate_up_blocks, gate_up_scales, gate_up_bias, down_blocks,
+                      down_scales, down_bias, swiglu_limit, swiglu_alpha, block_m):
+    num_tokens, hidden = x.shape
+    top_k = expert_ids.shape[1]
+    num_experts, two_inter = gate_up_blocks.shape[:2]
+    inter = two_inter // 2
+    if num_tokens == 0:
+        return torch.empty_like(x)
+    for packed in (gate_up_blocks, gate_up_scales, down_blocks, down_scales):
+        assert packed.is_contiguous() and packed.dtype == torch.uint8
+    assert x.stride(1) == 1 and gate_up_bias.stride(1) == 1 and down_bias.stride(1) == 1
+    on_gpu = x.is_cuda
+    if block_m is None:
+        # Each weight tile is decoded once per row tile: large batches want tall tiles to amortise the decode.
+        rows_per_expert = num_tokens * top_k / num_experts
+        if not on_gpu or rows_per_expert <= 16:
+            block_m = 16
+        else:
+            block_m = 32 if rows_per_expert <= 48 else 64 if rows_per_expert <= 256 else 128
+    # The interpreter pays per program and per K step: wide tiles there; GPU tiles sized for occupancy.
+    block_n = 64 if on_gpu else 16
+    block_k = 128 if on_gpu else 64
+    dot_name = _support.dot_dtype_name(x.dtype)
+    dot_dtype = {"fp32": tl.float32, "bf16": tl.bfloat16, "fp16": tl.float16}[dot_name]
+    precision = _support.dot_input_precision(dot_name)
+
+    tile_expert, row_slot = _group_slots_triton(expert_ids, num_experts, block_m)
+    max_tiles = tile_expert.shape[0]
+    activation = torch.empty(max_tiles * block_m, inter, dtype=x.dtype, device=x.device)
+    per_slot = torch.empty(num_tokens * top_k, hidden, dtype=torch.float32, device=x.device)
+    weights = expert_weights.reshape(-1).to(torch.float32).contiguous()
+    common = dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, DOT_DTYPE=dot_dtype, INPUT_PRECISION=precision,
+                  num_warps=8 if block_m >= 128 else 4, num_stages=3 if on_gpu else 1)
+
+    mxfp4_gate_up_swiglu_kernel[(max_tiles, triton.cdiv(inter, block_n))](
+        x, gate_up_blocks, gate_up_scales, gate_up_bias, activation, tile_expert, row_slot,
+        num_experts, hidden, inter, x.stride(0), gate_up_bias.stride(0), swiglu_limit, swiglu_alpha,
+        TOP_K=top_k, **common)
+    mxfp4_down_kernel[(max_tiles, triton.cdiv(hidden, block_n))](
+        activation, down_blocks, down_scales, down_bias, weights, per_slot, tile_expert, row_slot,
+        num_experts, hidden, inter, down_bias.stride(0), **common)
+    return per_slot.view(num_tokens, top_k, hidden).sum(dim=1).to(x.dtype)
+
+
+if triton is not None:
+    @triton.jit
+    def moe_tile_map_kernel(ids_ptr, num_slots, num_experts, tile_expert_ptr, max_tiles, row_slot_ptr, tile_begin_ptr,
+                            cursor_ptr, BLOCK_M: tl.constexpr, NUM_BINS: tl.constexpr, CHUNK: tl.constexpr,
+                            TILE_CHUNK: tl.constexpr):
+        """One program: per-expert counts, each expert's first tile, the expert of every tile (num_experts for
+        unused ones), zeroed placement cursors, and row_slot filled with -1 (padding)."""
+        counts = tl.zeros([NUM_BINS], tl.int32)
+        for start in range(0, num_slots, CHUNK):
+            offsets = start + tl.arange(0, CHUNK)
+            # Out-of-range lanes go to the last bin, which is past every expert and discarded below.
+            ids = tl.load(ids_ptr + offsets, mask=offsets < num_slots, other=NUM_BINS - 1).to(tl.int32)
+            counts += tl.histogram(ids, NUM_BINS)
+        bins = tl.arange(0, NUM_BINS)
+        is_expert = bins < num_experts
+        tiles = (tl.where(is_expert, counts, 0) + BLOCK_M - 1) // BLOCK_M
+        tile_end = tl.cumsum(tiles, 0)
+        tl.store(tile_begin_ptr + bins, tile_end - tiles, mask=is_expert)
+        tl.store(cursor_ptr + bins, tl.zeros([NUM_BINS], tl.int32), mask=is_expert)
+        for start in range(0, max_tiles, TILE_CHUNK):
+            tile = start + tl.arange(0, TILE_CHUNK)
+            # A tile's expert is the number of experts whose tiles all end at or before it.
+            done = (tile_end[None, :] <= tile[:, None]) & is_expert[None, :]
+            tl.store(tile_expert_ptr + tile, tl.sum(done.to(tl.int32), axis=1), mask=tile < max_tiles)
+        for start in range(0, max_tiles * BLOCK_M, CHUNK):
+            rows = start + tl.arange(0, CHUNK)
+            tl.store(row_slot_ptr + rows, tl.full([CHUNK], -1, tl.int32), mask=rows < max_tiles * BLOCK_M)
+
+    @triton.jit
+    def moe_place_slots_kernel(ids_ptr, num_slots, tile_begin_ptr, cursor_ptr, row_slot_ptr,
+                               BLOCK_M: tl.constexpr, CHUNK: tl.constexpr):
+        """Each slot takes the next free row of its expert's tiles."""
+        slots = tl.program_id(0) * CHUNK + tl.arange(0, CHUNK)
+        valid = slots < num_slots
+        ids = tl.load(ids_ptr + slots, mask=valid, other=0).to(tl.int32)
+        rank = tl.atomic_add(cursor_ptr + ids, 1, mask=valid)
+        first_row = tl.load(tile_begin_ptr + ids, mask=valid, other=0) * BLOCK_M
+        tl.store(row_slot_ptr + first_row + rank, slots, mask=valid)
+
+    @triton.jit
+    def _fp4_e2m1_to_float(nibble):
+        """Codes 0..7 are +0, .5, 1, 1.5, 2, 3, 4, 6 and bit 3 is the sign: (2 + m) << e quarters for e > 0."""
+        exponent = (nibble >> 1) & 3
+        mantissa = nibble & 1
+        quarters = tl.where(exponent == 0, mantissa * 2, (2 + mantissa) << exponent)
+        magnitude = quarters.to(tl.float32) * 0.25
+        return tl.where(nibble >= 8, -magnitude, magnitude)
+
+    @triton.jit
+    def _mxfp4_tile_product(a_rows, a_row_valid, w_rows, s_rows, w_row_valid, K,
+                            BLOCK_M: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_K: tl.constexpr,
+                            DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+        """fp32 [BLOCK_M, BLOCK_W] = A[rows, :K] @ W[w rows, :K]^T with W given as MXFP4 bytes and scales.
+
+        a_rows: pointers to the start of each A row (contiguous along K); w_rows / s_rows: pointers to each
+        weight row's packed bytes (K / 2 of them) and scales (K / 32). Byte j holds elements 2j (low nibble)
+        and 2j+1 (high nibble), so A is split into even and odd columns instead of interleaving W.
+        """
+        acc = tl.zeros([BLOCK_M, BLOCK_W], tl.float32)
+        HALF_K: tl.constexpr = BLOCK_K // 2
+        for k_begin in range(0, K, BLOCK_K):
+            cols = k_begin + tl.arange(0, BLOCK_K)
+            a = tl.load(a_rows[:, None] + cols[None, :], mask=a_row_valid[:, None] & (cols < K)[None, :], other=0.0)
+            a_even, a_odd = tl.split(tl.reshape(a.to(tl.float32), [BLOCK_M, HALF_K, 2]))
+            byte_idx = k_begin // 2 + tl.arange(0, HALF_K)
+            w_mask = w_row_valid[:, None] & (byte_idx < K // 2)[None, :]
+            packed = tl.load(w_rows[:, None] + byte_idx[None, :], mask=w_mask, other=0).to(tl.int32)
+            # One scale per 16 bytes; the repeated addresses are served from cache.
+            exponent = tl.load(s_rows[:, None] + byte_idx[None, :] // 16, mask=w_mask, other=0).to(tl.int32)
+            scale = (exponent << 23).to(tl.float32, bitcast=True)  # 2^(e - 127) built from its bits
+            w_low = (_fp4_e2m1_to_float(packed & 15) * scale).to(DOT_DTYPE)
+            w_high = (_fp4_e2m1_to_float(packed >> 4) * scale).to(DOT_DTYPE)
+            acc = tl.dot(a_even.to(DOT_DTYPE), tl.trans(w_low), acc, input_precision=INPUT_PRECISION)
+            acc = tl.dot(a_odd.to(DOT_DTYPE), tl.trans(w_high), acc, input_precision=INPUT_PRECISION)
+        return acc
+
+    @triton.jit
+    def mxfp4_gate_up_swiglu_kernel(
+            x_ptr, blocks_ptr, scales_ptr, bias_ptr, act_ptr, tile_expert_ptr, row_slot_ptr,
+            num_experts, hidden, inter, stride_x_tok, stride_bias_expert, swiglu_limit, swiglu_alpha,
+            TOP_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+            DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+        """Grid (tiles, I / BLOCK_N): act[row, c] = swiglu(x[token] @ W_gu[e, 2c:2c+2]^T + bias) for one tile.
+
+        The program takes the 2*BLOCK_N consecutive gate_up rows (gate, up interleaved) of its BLOCK_N
+        intermediate columns, so the SwiGLU pairs are in the same tile.
+        """
+        tile = tl.program_id(0)
+        expert = tl.load(tile_expert_ptr + tile)
+        if expert >= num_experts:
+            return
+        rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+        slot = tl.load(row_slot_ptr + rows)
+        row_valid = slot >= 0
+        token = tl.where(row_valid, slot // TOP_K, 0).to(tl.int64)
+        w_out = tl.program_id(1) * 2 * BLOCK_N + tl.arange(0, 2 * BLOCK_N)  # gate_up row = 2c (gate), 2c+1 (up)
+        w_valid = w_out < 2 * inter
+        w_row = expert.to(tl.int64) * 2 * inter + w_out
+        acc = _mxfp4_tile_product(x_ptr + token * stride_x_tok, row_valid, blocks_ptr + w_row * (hidden // 2),
+                                  scales_ptr + w_row * (hidden // 32), w_valid, hidden,
+                                  BLOCK_M, 2 * BLOCK_N, BLOCK_K, DOT_DTYPE, INPUT_PRECISION)
+        bias = tl.load(bias_ptr + expert * stride_bias_expert + w_out, mask=w_valid, other=0.0).to(tl.float32)
+        gate, up = tl.split(tl.reshape(acc + bias[None, :], [BLOCK_M, BLOCK_N, 2]))
+        gate = tl.minimum(gate, swiglu_limit)
+        up = tl.minimum(tl.maximum(up, -swiglu_limit), swiglu_limit)
+        h = (up + 1.0) * gate * tl.sigmoid(swiglu_alpha * gate)
+        cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        tl.store(act_ptr + rows.to(tl.int64)[:, None] * inter + cols[None, :], h.to(act_ptr.dtype.element_ty),
+                 mask=row_valid[:, None] & (cols < inter)[None, :])
+
+    @triton.jit
+    def mxfp4_down_kernel(
+            act_ptr, blocks_ptr, scales_ptr, bias_ptr, weights_ptr, out_ptr, tile_expert_ptr, row_slot_ptr,
+            num_experts, hidden, inter, stride_bias_expert,
+            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+            DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+        """Grid (tiles, H / BLOCK_N): out[slot, n] = weight[slot] * (act[row] @ W_d[e, n]^T + bias[e, n])."""
+        tile = tl.program_id(0)
+        expert = tl.load(tile_expert_ptr + tile)
+        if expert >= num_experts:
+            return
+        rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+        slot = tl.load(row_slot_ptr + rows)
+        row_valid = slot >= 0
+        cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        col_valid = cols < hidden
+        w_row = expert.to(tl.int64) * hidden + cols
+        acc = _mxfp4_tile_product(act_ptr + rows.to(tl.int64) * inter, row_valid, blocks_ptr + w_row * (inter // 2),
+                                  scales_ptr + w_row * (inter // 32), col_valid, inter,
+                                  BLOCK_M, BLOCK_N, BLOCK_K, DOT_DTYPE, INPUT_PRECISION)
+        bias = tl.load(bias_ptr + expert * stride_bias_expert + cols, mask=col_valid, other=0.0).to(tl.float32)
+        routing = tl.load(weights_ptr + slot, mask=row_valid, other=0.0)
+        y = (acc + bias[None, :]) * routing[:, None]
+        safe_slot = tl.where(row_valid, slot, 0).to(tl.int64)
+        tl.store(out_ptr + safe_slot[:, None] * hidden + cols[None, :], y,
+                 mask=row_valid[:, None] & col_valid[None, :])

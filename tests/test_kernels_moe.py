@@ -1,0 +1,132 @@
+"""MXFP4 MoE kernels against the torch reference (CPU: in a TRITON_INTERPRET=1 child; GPU: natively)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from oss_serve.kernels._interpreter_tests import (keep_only_launcher, kernels_runnable_here,
+                                                 run_file_under_interpreter)
+
+if not kernels_runnable_here():
+    def test_under_triton_interpreter() -> None:
+        run_file_under_interpreter(__file__)
+else:
+    from oss_serve.kernels.moe_mxfp4 import (_group_slots_triton, group_slots_by_expert, moe_mxfp4,
+                                             moe_mxfp4_reference)
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def make_experts(num_experts: int, hidden: int, inter: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random packed weights with scales near 2^-4 so that activations stay O(1) through both GEMMs."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def packed(rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
+        blocks = torch.randint(0, 256, (num_experts, rows, cols // 32, 16), generator=gen, dtype=torch.uint8)
+        scales = torch.randint(121, 126, (num_experts, rows, cols // 32), generator=gen, dtype=torch.uint8)
+        return blocks, scales
+
+    gate_up_blocks, gate_up_scales = packed(2 * inter, hidden)
+    down_blocks, down_scales = packed(hidden, inter)
+    weights = dict(gate_up_blocks=gate_up_blocks, gate_up_scales=gate_up_scales,
+                   gate_up_bias=torch.randn(num_experts, 2 * inter, generator=gen),
+                   down_blocks=down_blocks, down_scales=down_scales,
+                   down_bias=torch.randn(num_experts, hidden, generator=gen))
+    return {name: value.to(DEVICE) for name, value in weights.items()}
+
+
+def make_routing(num_tokens: int, num_experts: int, top_k: int, allowed: list[int] | None = None,
+                 seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    pool = torch.tensor(allowed if allowed is not None else list(range(num_experts)))
+    ids = torch.stack([pool[torch.randperm(len(pool), generator=gen)[:top_k]] for _ in range(num_tokens)]) \
+        if num_tokens else torch.zeros(0, top_k, dtype=torch.long)
+    weights = torch.softmax(torch.randn(num_tokens, top_k, generator=gen), dim=-1)
+    return ids.to(DEVICE), weights.to(DEVICE)
+
+
+def check(num_tokens: int, *, num_experts: int = 4, top_k: int = 2, hidden: int = 96, inter: int = 32,
+          dtype: torch.dtype = torch.float32, allowed: list[int] | None = None, block_m: int | None = None,
+          atol: float = 1e-4, seed: int = 0) -> None:
+    experts = make_experts(num_experts, hidden, inter, seed)
+    ids, weights = make_routing(num_tokens, num_experts, top_k, allowed, seed)
+    x = torch.randn(num_tokens, hidden, generator=torch.Generator().manual_seed(seed + 1)).to(dtype).to(DEVICE)
+    # Low-precision runs are held to the fp32 reference on the same (exactly representable) inputs.
+    expected = moe_mxfp4_reference(x.float(), ids, weights, **experts)
+    actual = moe_mxfp4(x, ids, weights, **experts, block_m=block_m)
+    assert actual.shape == x.shape and actual.dtype == dtype
+    if dtype != torch.float32:
+        atol *= expected.abs().max().item()  # bf16 rounding of outputs that reach O(100)
+    torch.testing.assert_close(actual.float(), expected.float(), atol=atol, rtol=atol)
+
+
+@pytest.mark.parametrize("num_tokens", [1, 5, 13])
+def test_matches_reference(num_tokens: int) -> None:
+    check(num_tokens, seed=num_tokens)
+
+
+def test_expert_without_tokens_and_multi_tile_expert() -> None:
+    # Experts 1 and 3 get nothing; expert 0 gets every token, so it spans several 16-row tiles.
+    check(21, allowed=[0, 2], block_m=16)
+
+
+def test_top4_of_8_experts() -> None:
+    check(7, num_experts=8, top_k=4, hidden=64, inter=64)
+
+
+def test_bf16_activations() -> None:
+    # The kernel rounds only h (to bf16) and the output; the model's bf16 path rounds after every op.
+    check(6, dtype=torch.bfloat16, atol=1e-2)
+
+
+def test_empty_batch() -> None:
+    experts = make_experts(4, 96, 32)
+    ids, weights = make_routing(0, 4, 2)
+    x = torch.zeros(0, 96, device=DEVICE)
+    assert moe_mxfp4(x, ids, weights, **experts).shape == (0, 96)
+
+
+def test_grouping_pads_each_expert_to_whole_tiles() -> None:
+    ids = torch.tensor([[2, 0], [2, 3], [0, 2]], device=DEVICE)
+    tile_expert, row_slot = group_slots_by_expert(ids, num_experts=4, block_m=2)
+    # Expert 0: slots 1, 4; expert 2: slots 0, 2, 5 (two tiles); expert 3: slot 3. The bound on tiles,
+    # cdiv(6, 2) + min(4, 6) = 7, leaves three unused tiles (expert id 4).
+    assert tile_expert.tolist() == [0, 2, 2, 3, 4, 4, 4]
+    assert row_slot.tolist() == [1, 4, 0, 2, 5, -1, 3, -1] + [-1] * 6
+
+
+@pytest.mark.parametrize("num_tokens,num_experts,top_k,block_m", [(1, 4, 2, 16), (9, 8, 4, 4), (40, 4, 2, 16)])
+def test_kernel_grouping_matches_torch_grouping(num_tokens: int, num_experts: int, top_k: int, block_m: int) -> None:
+    ids, _ = make_routing(num_tokens, num_experts, top_k, allowed=list(range(num_experts - 1)), seed=num_tokens)
+    want_tiles, want_slots = group_slots_by_expert(ids, num_experts, block_m)
+    got_tiles, got_slots = _group_slots_triton(ids, num_experts, block_m)
+    assert got_tiles.tolist() == want_tiles.tolist()
+    # Within a tile the kernel may order slots differently (atomics on a GPU): compare each tile as a set.
+    assert (got_slots.view(-1, block_m).sort(dim=1).values.tolist()
+            == want_slots.view(-1, block_m).sort(dim=1).values.tolist())
+
+
+def test_reference_matches_dense_torch_experts() -> None:
+    """The reference follows the model's TorchExperts once the blocks are dequantized and transposed."""
+    from oss_serve.model.moe import TorchExperts
+    from oss_serve.model.mxfp4 import dequantize_mxfp4
+
+    class Config:
+        num_experts, hidden_size, intermediate_size, swiglu_limit, swiglu_alpha = 4, 96, 32, 7.0, 1.702
+
+    experts = {name: value.cpu() for name, value in make_experts(4, 96, 32).items()}
+    dense = TorchExperts(Config, torch.float32, "cpu")
+    dense.gate_up_proj.copy_(dequantize_mxfp4(experts["gate_up_blocks"], experts["gate_up_scales"],
+                                              torch.float32).transpose(1, 2))
+    dense.gate_up_proj_bias.copy_(experts["gate_up_bias"])
+    dense.down_proj.copy_(dequantize_mxfp4(experts["down_blocks"], experts["down_scales"],
+                                           torch.float32).transpose(1, 2))
+    dense.down_proj_bias.copy_(experts["down_bias"])
+    ids, weights = make_routing(9, 4, 2)
+    x = torch.randn(9, 96)
+    torch.testing.assert_close(moe_mxfp4_reference(x, ids.cpu(), weights.cpu(), **experts),
+                               dense(x, ids.cpu(), weights.cpu()), atol=1e-5, rtol=1e-5)
+
+
+if not kernels_runnable_here():
+    keep_only_launcher(globals())
