@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m oss_serve.generate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     ServerArgs.add_cli_args(parser, only=("model_path", "tokenizer_path", "revision", "load_format", "dtype",
-                                          "device", "random_seed"))
+                                          "device", "random_seed", "moe_backend"))
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help="Raw text to continue.")
     source.add_argument("--chat", help="A user question, rendered as a harmony conversation.")
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         loaded = load_model(args.model_path, dtype=args.dtype, device=args.device, load_format=args.load_format,
-                            revision=args.revision, seed=args.random_seed)
+                            revision=args.revision, seed=args.random_seed, moe_backend=args.moe_backend)
         tokenizer = Tokenizer.from_pretrained(args.tokenizer_path or loaded.folder)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -91,3 +91,19 @@ def test_incremental_decode_equals_full_prefill(tiny_ckpt):
         stepwise.append(model.compute_logits(model(token[None], positions, cache)))
         cache.finish_step()
     torch.testing.assert_close(torch.cat(stepwise), full, atol=1e-4, rtol=1e-4)
+
+
+def test_packed_mxfp4_experts_match_dequantized_at_load(tiny_mxfp4_ckpt):
+    """The GPU layout (experts kept packed, decoded per call) computes what the CPU layout does."""
+    dense = load_model(str(tiny_mxfp4_ckpt), dtype="float32", device="cpu").model
+    packed = load_model(str(tiny_mxfp4_ckpt), dtype="float32", device="cpu", moe_backend="triton").model
+    assert packed.packed_mxfp4 and not dense.packed_mxfp4
+    experts = packed.model.layers[0].mlp.experts
+    assert experts.gate_up_proj_blocks.dtype == torch.uint8  # never a dequantized copy
+    ids = prompt_ids(4)[:24]
+    torch.testing.assert_close(ours_logits(packed, ids), ours_logits(dense, ids), atol=1e-4, rtol=1e-4)
+
+
+def test_triton_moe_backend_needs_mxfp4(tiny_ckpt):
+    with pytest.raises(ValueError, match="--moe-backend torch"):
+        load_model(str(tiny_ckpt), device="cpu", moe_backend="triton")

@@ -55,12 +55,13 @@ class Attention(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, layer_id: int, dtype: torch.dtype, device: torch.device | str) -> None:
+    def __init__(self, config: ModelConfig, layer_id: int, dtype: torch.dtype, device: torch.device | str,
+                 packed_mxfp4: bool) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, device)
         self.self_attn = Attention(config, layer_id, dtype, device)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, device)
-        self.mlp = MoE(config, dtype, device)
+        self.mlp = MoE(config, dtype, device, packed_mxfp4)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn: AttentionBackend) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn)
@@ -68,23 +69,30 @@ class DecoderLayer(nn.Module):
 
 
 class GptOssModel(nn.Module):
-    def __init__(self, config: ModelConfig, dtype: torch.dtype, device: torch.device | str) -> None:
+    def __init__(self, config: ModelConfig, dtype: torch.dtype, device: torch.device | str,
+                 packed_mxfp4: bool) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, dtype=dtype, device=device)
         self.embed_tokens.requires_grad_(False)
-        self.layers = nn.ModuleList(DecoderLayer(config, i, dtype, device) for i in range(config.num_layers))
+        self.layers = nn.ModuleList(DecoderLayer(config, i, dtype, device, packed_mxfp4)
+                                    for i in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, device)
         self.rotary = RotaryEmbedding(config).to(device)
 
 
 class GptOssForCausalLM(nn.Module):
     """forward() maps the packed tokens of a batch to final hidden states; compute_logits() projects
-    only the rows the caller needs (usually each sequence's last token)."""
+    only the rows the caller needs (usually each sequence's last token).
 
-    def __init__(self, config: ModelConfig, dtype: torch.dtype, device: torch.device | str) -> None:
+    `packed_mxfp4` keeps MXFP4 experts packed for the Triton MoE kernel; otherwise experts are dense
+    matrices in the model dtype (the CPU path, and any bf16 checkpoint)."""
+
+    def __init__(self, config: ModelConfig, dtype: torch.dtype, device: torch.device | str,
+                 packed_mxfp4: bool = False) -> None:
         super().__init__()
         self.config = config
-        self.model = GptOssModel(config, dtype, device)
+        self.packed_mxfp4 = packed_mxfp4
+        self.model = GptOssModel(config, dtype, device, packed_mxfp4)
         self.lm_head = _linear(config.hidden_size, config.vocab_size, False, dtype, device)
 
     @torch.inference_mode()

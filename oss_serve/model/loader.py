@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from safetensors import SafetensorError, safe_open
 
 from oss_serve.model.config import ModelConfig
 from oss_serve.model.gpt_oss import GptOssForCausalLM
-from oss_serve.model.mxfp4 import dequantize_mxfp4
+from oss_serve.model.mxfp4 import FP4_VALUES, SCALE_BIAS, dequantize_mxfp4
 from oss_serve.model.rope import RotaryEmbedding
 
 logger = logging.getLogger(__name__)
@@ -27,7 +26,7 @@ logger = logging.getLogger(__name__)
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32,
           "float16": torch.float16}
 HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer*"]
-EXPERT_PREFIX = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.")
+FP4_RMS = math.sqrt(sum(v * v for v in FP4_VALUES) / len(FP4_VALUES))  # of a uniformly random fp4 code
 
 
 class CheckpointError(ValueError):
@@ -78,15 +77,29 @@ def resolve_model_path(model_path: str, revision: str | None = None) -> Path:
                                   ignore_patterns=["original/*", "metal/*"]))
 
 
+def use_packed_mxfp4(config: ModelConfig, device: torch.device, moe_backend: str) -> bool:
+    """Keep MXFP4 experts packed for the Triton kernel (the GPU default), or dequantize them at load
+    for the torch path (the CPU default, faster there than decoding every step)."""
+    if moe_backend not in ("auto", "torch", "triton"):
+        raise ValueError(f"unknown moe_backend {moe_backend!r}; choose auto, torch or triton")
+    if moe_backend == "triton" and config.quant_method != "mxfp4":
+        raise ValueError("--moe-backend triton needs a checkpoint with MXFP4 experts; this one stores them "
+                         "unquantized: use --moe-backend torch")
+    return config.quant_method == "mxfp4" and (moe_backend == "triton" or
+                                               (moe_backend == "auto" and device.type == "cuda"))
+
+
 def load_model(model_path: str, *, dtype: str | torch.dtype = "auto", device: str = "auto",
-               load_format: str = "auto", revision: str | None = None, seed: int = 0) -> LoadedModel:
+               load_format: str = "auto", revision: str | None = None, seed: int = 0,
+               moe_backend: str = "auto") -> LoadedModel:
     folder = resolve_model_path(model_path, revision)
     config = ModelConfig.from_folder(folder)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
+    packed = use_packed_mxfp4(config, torch_device, moe_backend)
     # Built on the meta device then materialized uninitialized: every weight is overwritten next,
     # and torch's default init would cost time and, for the vocab-sized matrices, transient memory.
-    model = GptOssForCausalLM(config, torch_dtype, "meta").to_empty(device=torch_device)
+    model = GptOssForCausalLM(config, torch_dtype, "meta", packed).to_empty(device=torch_device)
     model.model.rotary = RotaryEmbedding(config).to(torch_device)
     if load_format == "dummy":
         init_dummy_weights(model, seed)
@@ -109,6 +122,15 @@ def init_dummy_weights(model: GptOssForCausalLM, seed: int) -> None:
     for name, param in model.named_parameters():
         if name.endswith("norm.weight"):
             param.fill_(1.0)
+            continue
+        if name.endswith("_blocks"):
+            param.random_(0, 256, generator=generator)
+            continue
+        if name.endswith("_scales"):
+            # Power-of-two scales that give the decoded weights an rms near 1/sqrt(fan_in).
+            fan_in = param.shape[-1] * 32
+            exponent = SCALE_BIAS + round(math.log2(1 / math.sqrt(fan_in) / FP4_RMS))
+            param.random_(exponent - 1, exponent + 2, generator=generator)
             continue
         if name.endswith(("sinks", "embed_tokens.weight")):
             std = 1.0
@@ -193,9 +215,9 @@ def load_safetensors(model: GptOssForCausalLM, config: ModelConfig, folder: Path
     for shard, names in sorted(by_shard.items()):
         with _open_shard(shard) as f:
             for name in sorted(names):
-                if name.endswith("_scales"):
-                    continue  # read together with its blocks
-                if name.endswith("_blocks"):
+                if model.packed_mxfp4 or not name.endswith(("_blocks", "_scales")):
+                    _copy_in_row_chunks(f, name, shard, params[name])
+                elif name.endswith("_blocks"):  # dequantized with its scales for the torch path
                     base = name.removesuffix("_blocks")
                     scales_name, scales_shard = base + "_scales", files[base + "_scales"]
                     if scales_shard == shard:
@@ -207,8 +229,6 @@ def load_safetensors(model: GptOssForCausalLM, config: ModelConfig, folder: Path
                     params[base].copy_(dense.transpose(1, 2))
                     dequantized_bytes += dense.numel() * dense.element_size()
                     del dense
-                    continue
-                _copy_in_row_chunks(f, name, shard, params[name])
     if dequantized_bytes:
         logger.info("MXFP4 experts dequantized for the torch path: %.2f GiB in %s (about 4x their packed size)",
                     dequantized_bytes / 2**30, str(next(model.parameters()).dtype).removeprefix("torch."))

@@ -69,11 +69,39 @@ class TorchExperts(nn.Module):
         return out.to(x.dtype)
 
 
-class MoE(nn.Module):
+class Mxfp4Experts(nn.Module):
+    """Experts kept packed as in the checkpoint (4.25 bits per weight), decoded inside the GEMM by the
+    Triton kernel on GPU. Parameter names equal the checkpoint's, so loading is a plain copy."""
+
     def __init__(self, config: ModelConfig, dtype: torch.dtype, device: torch.device | str) -> None:
         super().__init__()
+        E, H, I = config.num_experts, config.hidden_size, config.intermediate_size
+        self.limit, self.alpha = config.swiglu_limit, config.swiglu_alpha
+
+        def empty(*shape: int, dtype: torch.dtype = torch.uint8) -> nn.Parameter:
+            return nn.Parameter(torch.empty(*shape, dtype=dtype, device=device), requires_grad=False)
+
+        self.gate_up_proj_blocks = empty(E, 2 * I, H // 32, 16)
+        self.gate_up_proj_scales = empty(E, 2 * I, H // 32)
+        self.gate_up_proj_bias = empty(E, 2 * I, dtype=dtype)
+        self.down_proj_blocks = empty(E, H, I // 32, 16)
+        self.down_proj_scales = empty(E, H, I // 32)
+        self.down_proj_bias = empty(E, H, dtype=dtype)
+
+    def forward(self, x: torch.Tensor, expert_ids: torch.Tensor, expert_weights: torch.Tensor) -> torch.Tensor:
+        from oss_serve.kernels.moe_mxfp4 import moe_mxfp4
+
+        return moe_mxfp4(x, expert_ids, expert_weights, self.gate_up_proj_blocks, self.gate_up_proj_scales,
+                         self.gate_up_proj_bias, self.down_proj_blocks, self.down_proj_scales, self.down_proj_bias,
+                         self.limit, self.alpha)
+
+
+class MoE(nn.Module):
+    def __init__(self, config: ModelConfig, dtype: torch.dtype, device: torch.device | str,
+                 packed_mxfp4: bool = False) -> None:
+        super().__init__()
         self.router = Router(config, dtype, device)
-        self.experts = TorchExperts(config, dtype, device)
+        self.experts = (Mxfp4Experts if packed_mxfp4 else TorchExperts)(config, dtype, device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         expert_ids, expert_weights = self.router(x)
