@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# One prepared device run (about 4-5 minutes on an H100/H200, bounded by timeouts):
+# One prepared device run (about 6-8 minutes on an H100/H200, every step bounded by a timeout):
 #   1. the kernel test files, natively on the GPU (skipped if pytest is not installed there);
-#   2. benchmarks/gpu_kernels.py: correctness at gpt-oss-20b shapes and triton-vs-torch timings.
-# Needs python3 with torch and triton. Results go to $OUT (the device tool's folder) or to $1.
-# Usage: bash benchmarks/gpu_check.sh [out_dir]
+#   2. benchmarks/gpu_kernels.py: correctness at gpt-oss-20b shapes and triton-vs-torch timings;
+#   3. benchmarks/gpu_graph_check.py: greedy outputs with/without CUDA graphs, triton vs torch paths;
+#   4. benchmarks/gpu_serving.sh: the server + bench_serving on gpt-oss-20b shapes with dummy MXFP4
+#      weights: batch-1 decode, concurrency 64 and 256, fp8 KV + CUDA graphs, and the PyTorch path.
+# Needs python3 with torch and triton (and oss-serve's Python dependencies for steps 3-4).
+# Results go to $OUT (the device tool's folder) or to $1.
+# Usage: bash benchmarks/gpu_check.sh [out_dir] [serving output length, default 512]
 set -u
 cd "$(dirname "$0")/.."
 out_dir="${OUT:-${1:-benchmarks/results}}"
+out_len="${2:-512}"
 mkdir -p "$out_dir"
 summary="$out_dir/gpu_check_summary.txt"
 : > "$summary"
@@ -16,17 +21,22 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 
 if python3 -c "import pytest" 2>/dev/null; then
     echo "== kernel tests on the GPU" | tee -a "$summary"
-    timeout 100 python3 -m pytest -q -x -p no:cacheprovider -W ignore \
+    timeout 90 python3 -m pytest -q -x -p no:cacheprovider -W ignore \
         tests/test_kernels_attention.py tests/test_kernels_moe.py tests/test_kernels_rms_norm.py \
-        tests/test_kernels_rope_store_kv.py 2>&1 \
-        | tail -25 | tee -a "$summary"
+        tests/test_kernels_rope_store_kv.py 2>&1 | tail -8 | tee -a "$summary"
 else
     echo "== pytest not installed: kernel test files skipped (gpu_kernels.py still checks correctness)" \
         | tee -a "$summary"
 fi
 
 echo "== kernel benchmark" | tee -a "$summary"
-timeout 200 python3 benchmarks/gpu_kernels.py --out "$out_dir" --budget-s 140 2>"$out_dir/gpu_kernels.stderr"
+timeout 100 python3 benchmarks/gpu_kernels.py --out "$out_dir" --budget-s 70 2>"$out_dir/gpu_kernels.stderr"
 echo "exit $?" | tee -a "$summary"
 cat "$out_dir/gpu_kernels.txt" >> "$summary" 2>/dev/null
-tail -20 "$out_dir/gpu_kernels.stderr"
+tail -5 "$out_dir/gpu_kernels.stderr"
+
+echo "== CUDA graphs and backends: greedy agreement on the tiny checkpoint" | tee -a "$summary"
+timeout 100 python3 benchmarks/gpu_graph_check.py 2>&1 | grep -E "identical|Error|error" | tail -8 | tee -a "$summary"
+
+echo "== serving" | tee -a "$summary"
+timeout 300 bash benchmarks/gpu_serving.sh "$out_dir" "$out_len" 2>&1 | tee -a "$summary"

@@ -2,7 +2,7 @@
 """Device check of the Triton kernels at gpt-oss-20b shapes: correctness against the torch reference and
 time against the torch path, printed as ratios (torch time / triton time: above 1 means the kernel wins).
 
-    python3 benchmarks/gpu_kernels.py [--out DIR] [--budget-s 150]
+    python3 benchmarks/gpu_kernels.py [--out DIR] [--budget-s 150] [--only moe]
 
 Needs only torch and triton (and this repository on disk). Cases run cheapest-first and are skipped once
 the time budget is spent, so the whole run stays bounded; compile time counts against the budget.
@@ -24,7 +24,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import torch  # noqa: E402
 from triton.testing import do_bench  # noqa: E402
 
-from oss_serve.kernels.moe_mxfp4 import moe_mxfp4, moe_mxfp4_reference  # noqa: E402
+from oss_serve.kernels.moe_mxfp4 import (DECODE_MAX_SLOTS, DEFAULT_GROUPED_TILES, LEGACY_GROUPED_TILES,  # noqa: E402
+                                         GroupedTiles, moe_mxfp4, moe_mxfp4_reference, select_path)
+from oss_serve.kernels.moe_mxfp4_decode import DEFAULT_DECODE_TILES, DecodeTiles  # noqa: E402
 from oss_serve.kernels.paged_attention import paged_attention, paged_attention_reference  # noqa: E402
 from oss_serve.kernels.rms_norm import rms_norm, rms_norm_reference  # noqa: E402
 from oss_serve.kernels.rope_store_kv import rope_store_kv, rope_store_kv_reference  # noqa: E402
@@ -178,38 +180,103 @@ def dense_torch_experts(experts: dict[str, torch.Tensor]) -> TorchExperts:
                              swiglu_alpha=1.702)
     dense = TorchExperts(config, torch.bfloat16, DEVICE)
     for expert in range(EXPERTS):  # one expert at a time keeps the fp32 intermediates small
-        dense.gate_up_proj[expert] = dequantize_mxfp4(experts["gate_up_blocks"][expert],
-                                                      experts["gate_up_scales"][expert]).T
-        dense.down_proj[expert] = dequantize_mxfp4(experts["down_blocks"][expert], experts["down_scales"][expert]).T
+        for name, prefix in (("gate_up_proj", "gate_up"), ("down_proj", "down")):
+            weight = dequantize_mxfp4(experts[f"{prefix}_blocks"][expert], experts[f"{prefix}_scales"][expert])
+            getattr(dense, name)[expert].copy_(weight)  # TorchExperts holds [out, in], like the blocks
     dense.gate_up_proj_bias.copy_(experts["gate_up_bias"])
     dense.down_proj_bias.copy_(experts["down_bias"])
     return dense
 
 
+# Variants timed side by side: "default" is what moe_mxfp4 runs with no options (path by T * k);
+# "old" is the first version (grouped GEMMs, integer fp4 decode, its tiles) at every T.
+MOE_VARIANTS: dict[str, dict] = {
+    "default": {},
+    "old": dict(path="grouped", grouped_tiles=LEGACY_GROUPED_TILES),
+    "decode": dict(path="decode"),
+    "grouped": dict(path="grouped"),
+}
+
+
+def describe_moe_defaults() -> None:
+    report("moe_default", decode_path_up_to_slots=DECODE_MAX_SLOTS, decode_tiles=str(DEFAULT_DECODE_TILES),
+           grouped_tiles=str(DEFAULT_GROUPED_TILES),
+           rule=f"path=decode if T*k<={DECODE_MAX_SLOTS} else grouped (k={TOP_K}: decode for T<={DECODE_MAX_SLOTS // TOP_K})")
+
+
 def moe_correctness(experts: dict[str, torch.Tensor]) -> None:
-    for num_tokens in (1, 33, length(256)):
+    for num_tokens, variant in ((1, "decode"), (8, "decode"), (length(32), "decode"), (33, "grouped"),
+                                (length(256), "grouped"), (33, "old")):
         x, ids, weights = make_tokens(num_tokens, seed=num_tokens)
         expected = moe_mxfp4_reference(x.float(), ids, weights, **experts)
-        actual = moe_mxfp4(x, ids, weights, **experts).float()
-        rel = ((actual - expected).abs().max() / expected.abs().max()).item()
-        report("moe_correct", T=num_tokens, rel_err_vs_fp32_ref=rel, ok=bool(rel < 1.5e-2))
+        actual = moe_mxfp4(x, ids, weights, **experts, **MOE_VARIANTS[variant])
+        again = moe_mxfp4(x, ids, weights, **experts, **MOE_VARIANTS[variant])
+        rel = ((actual.float() - expected).abs().max() / expected.abs().max()).item()
+        report("moe_correct", T=num_tokens, variant=variant, rel_err_vs_fp32_ref=rel,
+               deterministic=bool(torch.equal(actual, again)), ok=bool(rel < 1.5e-2))
 
 
 def moe_timing(experts: dict[str, torch.Tensor], dense: TorchExperts | None, num_tokens: int,
-               block_m: int | None = None) -> None:
+               variant: str = "default", block_m: int | None = None, **options) -> None:
+    """One moe_time line; `options` (path, grouped_tiles, decode_tiles) override the variant's."""
     x, ids, weights = make_tokens(num_tokens, seed=7)
-    kernel_ms = bench_ms(lambda: moe_mxfp4(x, ids, weights, **experts, block_m=block_m))
+    call = {**MOE_VARIANTS[variant], **options, "block_m": block_m}
+    kernel_ms = bench_ms(lambda: moe_mxfp4(x, ids, weights, **experts, **call))
     touched = torch.unique(ids).numel()
     per_expert_bytes = sum(experts[n][0].numel() for n in ("gate_up_blocks", "gate_up_scales", "down_blocks",
                                                              "down_scales"))
-    fields = dict(T=num_tokens, block_m=block_m or "auto", experts_touched=touched, triton_ms=kernel_ms,
-                  weight_GBps=touched * per_expert_bytes / kernel_ms / 1e6)
+    path = call.get("path") or select_path(num_tokens, TOP_K)
+    tiles = call.get("decode_tiles") if path == "decode" else call.get("grouped_tiles")
+    fields = dict(T=num_tokens, variant=variant, path=path, block_m=block_m or "auto",
+                  tiles=str(tiles).replace(" ", "") if tiles else "default", experts_touched=touched,
+                  triton_ms=kernel_ms, weight_GBps=touched * per_expert_bytes / kernel_ms / 1e6,
+                  TFLOPs=6 * num_tokens * TOP_K * HIDDEN * INTER / kernel_ms / 1e9)
     if dense is not None:
         torch_ms = bench_ms(lambda: dense(x, ids, weights))
-        got, ref = moe_mxfp4(x, ids, weights, **experts).float(), dense(x, ids, weights).float()
+        got, ref = moe_mxfp4(x, ids, weights, **experts, **call).float(), dense(x, ids, weights).float()
         fields.update(torch_bf16_dense_ms=torch_ms, speedup=torch_ms / kernel_ms,
                       rel_err_vs_torch=((got - ref).abs().max() / ref.abs().max()).item())
     report("moe_time", **fields)
+
+
+def moe_cases(experts: dict[str, torch.Tensor], dense: list[TorchExperts]) -> list[tuple[str, object]]:
+    """Most telling first (the budget cuts from the end): old vs new at each T, then tile sweeps."""
+    def torch_dense(num_tokens: int) -> TorchExperts | None:
+        return dense[0] if dense and num_tokens in (1, 64, 4096) else None
+
+    cases: list[tuple[str, object]] = []
+    for num_tokens in (1, 8, 32, 64, 256, 1024, 4096):
+        variants = ["default", "old"]
+        if num_tokens in (32, 64):  # around the path threshold: both paths explicitly
+            variants = ["decode", "grouped", "old"]
+        for variant in variants:
+            cases.append((f"moe T={num_tokens} {variant}",
+                          lambda t=num_tokens, v=variant: moe_timing(
+                              experts, torch_dense(t) if v in ("default", "decode") else None, length(t), v)))
+    cases.append(("moe cuda graph", lambda: moe_graph_check(experts)))
+    for tiles in (DecodeTiles(16, 16, 512, 4), DecodeTiles(32, 32, 256, 4), DecodeTiles(8, 8, 256, 2),
+                  DecodeTiles(16, 16, 128, 4), DecodeTiles(32, 32, 512, 8)):
+        for num_tokens in (1, 8):
+            cases.append((f"moe decode sweep T={num_tokens} {tiles}",
+                          lambda t=num_tokens, d=tiles: moe_timing(experts, None, length(t), "decode",
+                                                                   decode_tiles=d)))
+    for tiles in (GroupedTiles(block_m=128, block_n=128, block_k=64, num_warps=8, num_stages=3),
+                  GroupedTiles(block_m=256, block_n=64, block_k=64, num_warps=8, num_stages=3),
+                  GroupedTiles(block_m=128, block_n=64, block_k=128, num_warps=8, num_stages=4),
+                  GroupedTiles(block_m=128, block_n=64, block_k=64, num_warps=4, num_stages=4)):
+        cases.append((f"moe grouped sweep T=4096 {tiles}",
+                      lambda g=tiles: moe_timing(experts, None, length(4096), "grouped", grouped_tiles=g)))
+    for block_m in (32, 64, 128):
+        cases.append((f"moe grouped sweep T=256 bm={block_m}",
+                      lambda m=block_m: moe_timing(experts, None, length(256), "grouped", block_m=m)))
+    return cases
+
+
+def moe_graph_check(experts: dict[str, torch.Tensor]) -> None:
+    for num_tokens in (1, 8, 64):
+        x, ids, weights = make_tokens(num_tokens, seed=3)
+        graph_case(f"moe_T{num_tokens}_{select_path(num_tokens, TOP_K)}",
+                   lambda x=x, ids=ids, weights=weights: moe_mxfp4(x, ids, weights, **experts))
 
 
 # ---------------------------------------------------------------- RMSNorm
@@ -227,31 +294,31 @@ def rms_norm_case(num_rows: int) -> None:
                        (summed.float() - ref_summed.float()).abs().max().item()))
 
 
-def graph_check(experts: dict[str, torch.Tensor]) -> None:
+def graph_case(name: str, fn) -> None:
     """The kernels' host code never reads device values, so a decode step can be captured: replay must equal
     eager, and replay time shows the launch-free cost."""
     if SMOKE:
         return
+    eager = fn()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()  # warm up (compile) outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    replay_ms = bench_ms(graph.replay)
+    report("cuda_graph", case=name, replay_equals_eager=bool(torch.equal(captured, eager)), replay_ms=replay_ms,
+           eager_ms=bench_ms(fn))
+
+
+def graph_check() -> None:
     batch = make_paged([1] * 64, [1536] * 64, torch.bfloat16)
-    x, ids, weights = make_tokens(64, seed=3)
-    for name, fn in (("attention_decode_B64", lambda: paged_attention(**batch, sliding_window=0)),
-                     ("attention_decode_B1_split", lambda: paged_attention(**{**batch, **make_one(batch)},
-                                                                             sliding_window=0)),
-                     ("moe_T64", lambda: moe_mxfp4(x, ids, weights, **experts))):
-        eager = fn()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            fn()  # warm up (compile) outside the capture
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            captured = fn()
-        graph.replay()
-        torch.cuda.synchronize()
-        replay_ms = bench_ms(graph.replay)
-        report("cuda_graph", case=name, replay_equals_eager=bool(torch.equal(captured, eager)), replay_ms=replay_ms,
-               eager_ms=bench_ms(fn))
+    graph_case("attention_decode_B64", lambda: paged_attention(**batch, sliding_window=0))
+    graph_case("attention_decode_B1_split", lambda: paged_attention(**{**batch, **make_one(batch)}, sliding_window=0))
 
 
 def make_one(batch: dict) -> dict:
@@ -284,6 +351,7 @@ def main() -> None:
     parser.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
     parser.add_argument("--budget-s", type=float, default=150.0)
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on CPU (run with TRITON_INTERPRET=1)")
+    parser.add_argument("--only", default="", help="run only cases whose name contains this (e.g. moe, attn)")
     args = parser.parse_args()
     if args.smoke:
         global SMOKE, HIDDEN, INTER, EXPERTS, TOP_K, HEADS, KV_HEADS, HEAD_DIM, WINDOW, PAGE_SIZE, DEVICE
@@ -303,6 +371,7 @@ def main() -> None:
     dense: list[TorchExperts] = []
 
     def moe_setup() -> None:
+        describe_moe_defaults()
         experts.update(make_experts())
 
     def moe_dense_setup() -> None:
@@ -323,25 +392,20 @@ def main() -> None:
                 cases.append((f"attn decode B={num_seqs} w={window} {kv_dtype}",
                               lambda b=num_seqs, w=window, d=kv_dtype: attention_timing(
                                   b, 1, length(1536), w, d, d == torch.bfloat16)))
-    for num_tokens in (1, 8, 64, 256, 1024, 4096):
-        cases.append((f"moe T={num_tokens}",
-                      lambda t=num_tokens: moe_timing(experts, dense[0] if dense else None, length(t))))
+    cases += moe_cases(experts, dense)
     for window in (0, WINDOW):
         cases.append((f"attn prefill 2048 w={window}",
                       lambda w=window: attention_timing(1, length(2048), length(2048), w, torch.bfloat16, True)))
         cases.append((f"attn extend 512 on 1536 w={window}",
                       lambda w=window: attention_timing(4, length(512), length(2048), w, torch.bfloat16, True)))
-    # Tuning leads for the next session: block sizes and split counts around the defaults.
-    cases.append(("cuda graph capture", lambda: graph_check(experts)))
-    for block_m in (16, 32, 64, 128):
-        for num_tokens in (256, 4096):
-            cases.append((f"moe sweep T={num_tokens} bm={block_m}",
-                          lambda t=num_tokens, m=block_m: moe_timing(experts, None, length(t), m)))
+    # Tuning leads for the next session: split counts around the defaults.
+    cases.append(("attn cuda graph capture", graph_check))
     for splits in (1, 4, 16, 32):
         cases.append((f"attn decode B=1 splits={splits}",
                       lambda s=splits: attention_timing(1, 1, length(8192), 0, torch.bfloat16, False, s)))
 
     torch.set_grad_enabled(False)
+    cases = [(name, case) for name, case in cases if args.only in name]
     for name, case in cases:
         elapsed = time.monotonic() - started
         if elapsed > args.budget_s:
@@ -349,11 +413,11 @@ def main() -> None:
             continue
         try:
             case()
+            if not SMOKE:
+                torch.cuda.synchronize()  # inside the try: an asynchronous kernel fault surfaces here
         except Exception as error:  # keep going: one broken case must not cost the rest of the run
             report("error", case=name.replace(" ", "_"), error=repr(error)[:300])
             traceback.print_exc()
-        if not SMOKE:
-            torch.cuda.synchronize()
     report("done", elapsed_s=time.monotonic() - started)
     with open(os.path.join(args.out, "gpu_kernels.txt"), "w") as handle:
         handle.write("\n".join(LINES) + "\n")

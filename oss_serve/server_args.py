@@ -57,9 +57,9 @@ class ServerArgs:
     max_queued_requests: int | None = arg(None, "Requests waiting beyond this get HTTP 503 with Retry-After.")
 
     # --- distributed ---
-    nnodes: int = arg(1, "Number of nodes.")
-    node_rank: int = arg(0, "This node's rank.")
-    dist_init_addr: str | None = arg(None, "host:port of rank 0 for multi-node runs.")
+    nnodes: int = arg(1, "Nodes the --tp ranks are spread over (--tp / --nnodes GPUs each).")
+    node_rank: int = arg(0, "This node's rank: 0 runs the server and rank 0; others only host worker ranks.")
+    dist_init_addr: str | None = arg(None, "host:port of node 0's rendezvous, the same on every node (needed for --nnodes > 1).")
 
     # --- server ---
     host: str = arg("127.0.0.1", "Address to listen on.")
@@ -72,12 +72,21 @@ class ServerArgs:
                                        choices=("gpt-oss",))
     tool_call_parser: str | None = arg(None, "Accepted for SGLang compatibility; gpt-oss always parses harmony.",
                                        choices=("gpt-oss",))
+    response_store: str = arg("~/.cache/oss_serve/responses.sqlite3",
+                              "SQLite file of stored /v1/responses (':memory:' keeps them only while running).")
+    response_store_ttl: float | None = arg(None, "Seconds a stored response is kept (default: no limit).")
+    response_store_max: int | None = arg(10000, "Most stored responses; the oldest go first.")
 
     # --- tools ---
     tool_server: str | None = arg(None, "'demo' for built-in python and browser tools and/or comma-separated MCP servers (host:port or URL).")
     python_backend: str | None = arg(None, "Python tool backend (default: PYTHON_EXECUTION_BACKEND, else docker, else sandbox).",
                                      choices=("docker", "uv", "dangerously_use_uv", "sandbox"))
     tool_timeout: float = arg(120.0, "Seconds one tool call may run.")
+    python_stateful: bool = arg(False, "Keep one python interpreter per response (notebook style) instead of a fresh one per call.")
+    python_docker_image: str | None = arg(None, "Image for the docker python backend (default: PYTHON_DOCKER_IMAGE, else python:3.11).")
+    browser_backend: str | None = arg(None, "Web search provider (default: BROWSER_BACKEND, else whichever of EXA_API_KEY / YDC_API_KEY is set).",
+                                      choices=("exa", "you"))
+    browser_allow_private: bool = arg(False, "Let browser.open fetch loopback, link-local and private addresses.")
 
     @property
     def model_name(self) -> str:
@@ -119,6 +128,9 @@ class ServerArgs:
             raise ValueError("--model-path is required")
         checks = [
             (self.tp_size >= 1, "--tp must be at least 1"),
+            (self.nnodes >= 1 and self.tp_size % self.nnodes == 0, "--nnodes must divide --tp"),
+            (0 <= self.node_rank < self.nnodes, "--node-rank must be in 0..nnodes-1"),
+            (self.nnodes == 1 or bool(self.dist_init_addr), "--nnodes > 1 needs --dist-init-addr HOST:PORT of node 0"),
             (self.page_size >= 1, "--page-size must be at least 1"),
             (self.chunked_prefill_size >= 1, "--chunked-prefill-size must be at least 1"),
             (self.stream_interval >= 1, "--stream-interval must be at least 1"),
@@ -127,6 +139,9 @@ class ServerArgs:
             (self.max_running_requests is None or self.max_running_requests >= 1,
              "--max-running-requests must be at least 1"),
             (self.context_length is None or self.context_length >= 1, "--context-length must be at least 1"),
+            (self.max_queued_requests is None or self.max_queued_requests >= 0,
+             "--max-queued-requests must be at least 0"),
+            (self.max_request_bytes >= 1, "--max-request-bytes must be at least 1"),
             (0 < self.port < 65536, "--port must be in 1..65535"),
         ]
         for ok, message in checks:

@@ -10,7 +10,7 @@ import httpx
 from oss_serve.bench.backends import Backend, StreamUpdate, deep_merge
 from oss_serve.bench.datasets import BenchRequest
 from oss_serve.bench.metrics import RequestOutput
-from oss_serve.bench.sse import SSEParser
+from oss_serve.bench.sse import SSEParser, iter_sse_lines
 
 
 def _record_update(output: RequestOutput, update: StreamUpdate, arrival: float, tokens_seen: list[int]) -> None:
@@ -40,7 +40,7 @@ async def send_request(client: httpx.AsyncClient, base_url: str, backend: Backen
             if stream:
                 reader = backend.new_reader()
                 parser = SSEParser()
-                async for line in response.aiter_lines():
+                async for line in iter_sse_lines(response.aiter_bytes()):
                     event = parser.feed_line(line)
                     if event is None:
                         continue

@@ -2,6 +2,8 @@
 matter to LLM servers: `event:` and `data:` fields, comments, blank-line dispatch)."""
 from __future__ import annotations
 
+import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 
@@ -46,10 +48,27 @@ class SSEParser:
         return event
 
 
+# The event-stream format ends lines with CRLF, LF or CR only: str.splitlines() (and httpx's
+# aiter_lines) would also split at U+2028, U+0085 and others, which JSON may carry unescaped.
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
+async def iter_sse_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
+    """Lines of an event stream from its raw byte chunks, split as the format says."""
+    pending = b""
+    async for chunk in chunks:
+        pending += chunk
+        *lines, pending = re.split(rb"\r\n|\r(?!$)|\n", pending)
+        for line in lines:
+            yield line.decode("utf-8", "replace")
+    if pending:
+        yield pending.rstrip(b"\r").decode("utf-8", "replace")
+
+
 def parse_sse_text(text: str) -> list[SSEEvent]:
     """All events of a complete stream body."""
     parser = SSEParser()
-    events = [event for line in text.splitlines() if (event := parser.feed_line(line)) is not None]
+    events = [event for line in _LINE_END.split(text) if (event := parser.feed_line(line)) is not None]
     if (last := parser.finish()) is not None:
         events.append(last)
     return events

@@ -13,18 +13,58 @@ torch ops, since at batch 1 those launches would cost more than the expert GEMMs
 land in a tile in arbitrary order, but every row of a GEMM tile is computed alike and the k choices are
 summed in a fixed order, so results are bitwise reproducible. Shapes depend only on T, k and E: the call
 is CUDA-graph safe.
+
+Small batches take a different path (`moe_mxfp4_decode`): per-slot matrix-vector kernels with no grouping
+and no tile padding. `moe_mxfp4` picks the path from T * k; see `DECODE_MAX_SLOTS`.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass, replace
 
 import torch
 
 from oss_serve.kernels import _support
+from oss_serve.kernels.moe_mxfp4_decode import DecodeTiles, moe_mxfp4_decode
 
 try:
     import triton
     import triton.language as tl
+
+    from oss_serve.kernels.moe_mxfp4_decode import fp4_pair_as_fp16, mxfp4_scale
 except ImportError:  # CPU-only install: the torch reference serves every call
     triton = tl = None
+
+# Routing slots (T * k) up to which the per-slot GEMV path runs instead of the grouped GEMMs. The GEMV reads
+# an expert's weights once per slot (repeats mostly from L2), the grouped path once per touched expert.
+# Measured on an H200 at gpt-oss-20b shapes: T=1 decode 0.086 ms; T=8 decode 0.34 ms; T=32 decode 1.21 ms
+# vs grouped 0.40 ms, where grouped reads its ~31 experts at ~1 TB/s, i.e. ~0.26 ms for the ~20 experts
+# that T=8 touches. So the GEMV only for T <= 4 (k = 4).
+DECODE_MAX_SLOTS = 16
+
+
+@dataclass(frozen=True)
+class GroupedTiles:
+    """Tiles of the grouped (prefill) kernels. block_m 0 means: choose from the rows per expert.
+
+    decode "fp16" reads each fp4 code as fp16 bits and applies one scale per 32-block (loaded once per block);
+    "legacy" is the first version's decode (integer arithmetic per code, a scale load per byte), kept so the
+    device benchmark can time old against new in one run.
+    """
+    block_m: int = 0
+    block_n: int = 64
+    block_k: int = 128
+    num_warps: int = 0  # 0: 8 for block_m >= 128, else 4
+    num_stages: int = 3
+    decode: str = "fp16"
+
+
+DEFAULT_GROUPED_TILES = GroupedTiles()
+# From the H200 sweep at T=4096 (k=4): 3.95 ms against 4.78 ms with the default tiles (dense bf16 torch:
+# 5.17 ms). Only measured there, so used only for prefill-sized batches.
+LARGE_BATCH_GROUPED_TILES = GroupedTiles(block_m=128, block_n=64, block_k=64, num_warps=4, num_stages=4)
+LARGE_BATCH_MIN_SLOTS = 8192
+LEGACY_GROUPED_TILES = GroupedTiles(decode="legacy")  # the first version's kernels and tile choice
+INTERPRETER_GROUPED_TILES = GroupedTiles(block_n=16, block_k=64, num_stages=1)
 
 
 def moe_mxfp4_reference(x: torch.Tensor, expert_ids: torch.Tensor, expert_weights: torch.Tensor,
@@ -51,17 +91,41 @@ def moe_mxfp4_reference(x: torch.Tensor, expert_ids: torch.Tensor, expert_weight
 def moe_mxfp4(x: torch.Tensor, expert_ids: torch.Tensor, expert_weights: torch.Tensor,
               gate_up_blocks: torch.Tensor, gate_up_scales: torch.Tensor, gate_up_bias: torch.Tensor,
               down_blocks: torch.Tensor, down_scales: torch.Tensor, down_bias: torch.Tensor,
-              swiglu_limit: float = 7.0, swiglu_alpha: float = 1.702, *, block_m: int | None = None) -> torch.Tensor:
+              swiglu_limit: float = 7.0, swiglu_alpha: float = 1.702, *, block_m: int | None = None,
+              path: str | None = None, grouped_tiles: GroupedTiles | None = None,
+              decode_tiles: DecodeTiles | None = None) -> torch.Tensor:
     """x [T, H]; expert_ids int [T, k]; expert_weights fp32 [T, k];
     gate_up_blocks uint8 [E, 2I, H/32, 16], gate_up_scales uint8 [E, 2I, H/32], gate_up_bias [E, 2I];
     down_blocks uint8 [E, H, I/32, 16], down_scales uint8 [E, H, I/32], down_bias [E, H]. Returns [T, H]
-    in x's dtype. `block_m` (rows per expert tile) defaults to a choice from T, k and E.
+    in x's dtype.
+
+    `path` "decode" (per-slot GEMV) or "grouped" (expert-grouped GEMMs) defaults to `select_path(T, k)`.
+    `block_m` (rows per expert tile of the grouped path) overrides the tiles' choice from T, k and E.
     """
     if not _support.use_triton(x):
         return moe_mxfp4_reference(x, expert_ids, expert_weights, gate_up_blocks, gate_up_scales, gate_up_bias,
                                    down_blocks, down_scales, down_bias, swiglu_limit, swiglu_alpha)
-    return _moe_mxfp4_triton(x, expert_ids, expert_weights, gate_up_blocks, gate_up_scales, gate_up_bias,
-                             down_blocks, down_scales, down_bias, swiglu_limit, swiglu_alpha, block_m)
+    for packed in (gate_up_blocks, gate_up_scales, down_blocks, down_scales):
+        assert packed.is_contiguous() and packed.dtype == torch.uint8
+    assert gate_up_bias.stride(1) == 1 and down_bias.stride(1) == 1
+    path = path or select_path(x.shape[0], expert_ids.shape[1])
+    if path == "decode":
+        return moe_mxfp4_decode(x, expert_ids, expert_weights, gate_up_blocks, gate_up_scales, gate_up_bias,
+                                down_blocks, down_scales, down_bias, swiglu_limit, swiglu_alpha, decode_tiles)
+    assert path == "grouped", path
+    if grouped_tiles is None and not x.is_cuda:
+        grouped_tiles = INTERPRETER_GROUPED_TILES
+    large = expert_ids.numel() >= LARGE_BATCH_MIN_SLOTS
+    tiles = grouped_tiles or (LARGE_BATCH_GROUPED_TILES if large else DEFAULT_GROUPED_TILES)
+    if block_m is not None:
+        tiles = replace(tiles, block_m=block_m)
+    return _moe_mxfp4_grouped(x, expert_ids, expert_weights, gate_up_blocks, gate_up_scales, gate_up_bias,
+                              down_blocks, down_scales, down_bias, swiglu_limit, swiglu_alpha, tiles)
+
+
+def select_path(num_tokens: int, top_k: int) -> str:
+    """"decode" while the routing slots fit DECODE_MAX_SLOTS, else "grouped"."""
+    return "decode" if num_tokens * top_k <= DECODE_MAX_SLOTS else "grouped"
 
 
 def group_slots_by_expert(expert_ids: torch.Tensor, num_experts: int,
@@ -110,28 +174,25 @@ def _group_slots_triton(expert_ids: torch.Tensor, num_experts: int,
     return tile_expert, row_slot
 
 
-def _moe_mxfp4_triton(x, expert_ids, expert_weights, gate_up_blocks, gate_up_scales, gate_up_bias, down_blocks,
-                      down_scales, down_bias, swiglu_limit, swiglu_alpha, block_m):
+def _default_block_m(num_tokens: int, top_k: int, num_experts: int, on_gpu: bool) -> int:
+    """Each weight tile is decoded once per row tile: large batches want tall tiles to amortise the decode."""
+    rows_per_expert = num_tokens * top_k / num_experts
+    if not on_gpu or rows_per_expert <= 16:
+        return 16
+    return 32 if rows_per_expert <= 48 else 64 if rows_per_expert <= 256 else 128
+
+
+def _moe_mxfp4_grouped(x, expert_ids, expert_weights, gate_up_blocks, gate_up_scales, gate_up_bias, down_blocks,
+                       down_scales, down_bias, swiglu_limit, swiglu_alpha, tiles: GroupedTiles) -> torch.Tensor:
     num_tokens, hidden = x.shape
     top_k = expert_ids.shape[1]
     num_experts, two_inter = gate_up_blocks.shape[:2]
     inter = two_inter // 2
     if num_tokens == 0:
         return torch.empty_like(x)
-    for packed in (gate_up_blocks, gate_up_scales, down_blocks, down_scales):
-        assert packed.is_contiguous() and packed.dtype == torch.uint8
-    assert x.stride(1) == 1 and gate_up_bias.stride(1) == 1 and down_bias.stride(1) == 1
-    on_gpu = x.is_cuda
-    if block_m is None:
-        # Each weight tile is decoded once per row tile: large batches want tall tiles to amortise the decode.
-        rows_per_expert = num_tokens * top_k / num_experts
-        if not on_gpu or rows_per_expert <= 16:
-            block_m = 16
-        else:
-            block_m = 32 if rows_per_expert <= 48 else 64 if rows_per_expert <= 256 else 128
-    # The interpreter pays per program and per K step: wide tiles there; GPU tiles sized for occupancy.
-    block_n = 64 if on_gpu else 16
-    block_k = 128 if on_gpu else 64
+    assert x.stride(1) == 1
+    assert tiles.block_k % 32 == 0 and tiles.decode in ("fp16", "legacy")
+    block_m = tiles.block_m or _default_block_m(num_tokens, top_k, num_experts, x.is_cuda)
     dot_name = _support.dot_dtype_name(x.dtype)
     dot_dtype = {"fp32": tl.float32, "bf16": tl.bfloat16, "fp16": tl.float16}[dot_name]
     precision = _support.dot_input_precision(dot_name)
@@ -141,16 +202,19 @@ def _moe_mxfp4_triton(x, expert_ids, expert_weights, gate_up_blocks, gate_up_sca
     activation = torch.empty(max_tiles * block_m, inter, dtype=x.dtype, device=x.device)
     per_slot = torch.empty(num_tokens * top_k, hidden, dtype=torch.float32, device=x.device)
     weights = expert_weights.reshape(-1).to(torch.float32).contiguous()
-    common = dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, DOT_DTYPE=dot_dtype, INPUT_PRECISION=precision,
-                  num_warps=8 if block_m >= 128 else 4, num_stages=3 if on_gpu else 1)
+    # Row byte counts go in as arguments so that Triton sees them divisible by 16 (16-byte loads).
+    common = dict(BLOCK_M=block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k, DOT_DTYPE=dot_dtype,
+                  INPUT_PRECISION=precision, FP16_DECODE=tiles.decode == "fp16",
+                  num_warps=tiles.num_warps or (8 if block_m >= 128 else 4),
+                  num_stages=tiles.num_stages if x.is_cuda else 1)
 
-    mxfp4_gate_up_swiglu_kernel[(max_tiles, triton.cdiv(inter, block_n))](
+    mxfp4_gate_up_swiglu_kernel[(max_tiles, triton.cdiv(inter, tiles.block_n))](
         x, gate_up_blocks, gate_up_scales, gate_up_bias, activation, tile_expert, row_slot,
-        num_experts, hidden, inter, x.stride(0), gate_up_bias.stride(0), swiglu_limit, swiglu_alpha,
+        num_experts, hidden, inter, hidden // 2, x.stride(0), gate_up_bias.stride(0), swiglu_limit, swiglu_alpha,
         TOP_K=top_k, **common)
-    mxfp4_down_kernel[(max_tiles, triton.cdiv(hidden, block_n))](
+    mxfp4_down_kernel[(max_tiles, triton.cdiv(hidden, tiles.block_n))](
         activation, down_blocks, down_scales, down_bias, weights, per_slot, tile_expert, row_slot,
-        num_experts, hidden, inter, down_bias.stride(0), **common)
+        num_experts, hidden, inter, inter // 2, down_bias.stride(0), **common)
     return per_slot.view(num_tokens, top_k, hidden).sum(dim=1).to(x.dtype)
 
 
@@ -205,7 +269,7 @@ if triton is not None:
     @triton.jit
     def _mxfp4_tile_product(a_rows, a_row_valid, w_rows, s_rows, w_row_valid, K,
                             BLOCK_M: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_K: tl.constexpr,
-                            DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+                            DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, FP16_DECODE: tl.constexpr):
         """fp32 [BLOCK_M, BLOCK_W] = A[rows, :K] @ W[w rows, :K]^T with W given as MXFP4 bytes and scales.
 
         a_rows: pointers to the start of each A row (contiguous along K); w_rows / s_rows: pointers to each
@@ -214,18 +278,32 @@ if triton is not None:
         """
         acc = tl.zeros([BLOCK_M, BLOCK_W], tl.float32)
         HALF_K: tl.constexpr = BLOCK_K // 2
+        GROUPS: tl.constexpr = BLOCK_K // 32
         for k_begin in range(0, K, BLOCK_K):
             cols = k_begin + tl.arange(0, BLOCK_K)
             a = tl.load(a_rows[:, None] + cols[None, :], mask=a_row_valid[:, None] & (cols < K)[None, :], other=0.0)
             a_even, a_odd = tl.split(tl.reshape(a.to(tl.float32), [BLOCK_M, HALF_K, 2]))
-            byte_idx = k_begin // 2 + tl.arange(0, HALF_K)
-            w_mask = w_row_valid[:, None] & (byte_idx < K // 2)[None, :]
-            packed = tl.load(w_rows[:, None] + byte_idx[None, :], mask=w_mask, other=0).to(tl.int32)
-            # One scale per 16 bytes; the repeated addresses are served from cache.
-            exponent = tl.load(s_rows[:, None] + byte_idx[None, :] // 16, mask=w_mask, other=0).to(tl.int32)
-            scale = (exponent << 23).to(tl.float32, bitcast=True)  # 2^(e - 127) built from its bits
-            w_low = (_fp4_e2m1_to_float(packed & 15) * scale).to(DOT_DTYPE)
-            w_high = (_fp4_e2m1_to_float(packed >> 4) * scale).to(DOT_DTYPE)
+            if FP16_DECODE:
+                # Bytes as [rows, 32-blocks, 16] so that each block's scale is loaded once and broadcast.
+                group = k_begin // 32 + tl.arange(0, GROUPS)
+                group_valid = group < K // 32
+                byte_mask = w_row_valid[:, None, None] & group_valid[None, :, None]
+                packed = tl.load(w_rows[:, None, None] + group[None, :, None] * 16
+                                 + tl.arange(0, 16)[None, None, :], mask=byte_mask, other=0).to(tl.int32)
+                exponent = tl.load(s_rows[:, None] + group[None, :],
+                                   mask=w_row_valid[:, None] & group_valid[None, :], other=0)
+                scale = mxfp4_scale(exponent)[:, :, None]
+                low, high = fp4_pair_as_fp16(packed)
+                w_low = tl.reshape(low * scale, [BLOCK_W, HALF_K]).to(DOT_DTYPE)
+                w_high = tl.reshape(high * scale, [BLOCK_W, HALF_K]).to(DOT_DTYPE)
+            else:
+                byte_idx = k_begin // 2 + tl.arange(0, HALF_K)
+                w_mask = w_row_valid[:, None] & (byte_idx < K // 2)[None, :]
+                packed = tl.load(w_rows[:, None] + byte_idx[None, :], mask=w_mask, other=0).to(tl.int32)
+                exponent = tl.load(s_rows[:, None] + byte_idx[None, :] // 16, mask=w_mask, other=0).to(tl.int32)
+                scale = (exponent << 23).to(tl.float32, bitcast=True)  # 2^(e - 127) built from its bits
+                w_low = (_fp4_e2m1_to_float(packed & 15) * scale).to(DOT_DTYPE)
+                w_high = (_fp4_e2m1_to_float(packed >> 4) * scale).to(DOT_DTYPE)
             acc = tl.dot(a_even.to(DOT_DTYPE), tl.trans(w_low), acc, input_precision=INPUT_PRECISION)
             acc = tl.dot(a_odd.to(DOT_DTYPE), tl.trans(w_high), acc, input_precision=INPUT_PRECISION)
         return acc
@@ -233,9 +311,9 @@ if triton is not None:
     @triton.jit
     def mxfp4_gate_up_swiglu_kernel(
             x_ptr, blocks_ptr, scales_ptr, bias_ptr, act_ptr, tile_expert_ptr, row_slot_ptr,
-            num_experts, hidden, inter, stride_x_tok, stride_bias_expert, swiglu_limit, swiglu_alpha,
+            num_experts, hidden, inter, w_row_bytes, stride_x_tok, stride_bias_expert, swiglu_limit, swiglu_alpha,
             TOP_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-            DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+            DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, FP16_DECODE: tl.constexpr):
         """Grid (tiles, I / BLOCK_N): act[row, c] = swiglu(x[token] @ W_gu[e, 2c:2c+2]^T + bias) for one tile.
 
         The program takes the 2*BLOCK_N consecutive gate_up rows (gate, up interleaved) of its BLOCK_N
@@ -252,9 +330,9 @@ if triton is not None:
         w_out = tl.program_id(1) * 2 * BLOCK_N + tl.arange(0, 2 * BLOCK_N)  # gate_up row = 2c (gate), 2c+1 (up)
         w_valid = w_out < 2 * inter
         w_row = expert.to(tl.int64) * 2 * inter + w_out
-        acc = _mxfp4_tile_product(x_ptr + token * stride_x_tok, row_valid, blocks_ptr + w_row * (hidden // 2),
+        acc = _mxfp4_tile_product(x_ptr + token * stride_x_tok, row_valid, blocks_ptr + w_row * w_row_bytes,
                                   scales_ptr + w_row * (hidden // 32), w_valid, hidden,
-                                  BLOCK_M, 2 * BLOCK_N, BLOCK_K, DOT_DTYPE, INPUT_PRECISION)
+                                  BLOCK_M, 2 * BLOCK_N, BLOCK_K, DOT_DTYPE, INPUT_PRECISION, FP16_DECODE)
         bias = tl.load(bias_ptr + expert * stride_bias_expert + w_out, mask=w_valid, other=0.0).to(tl.float32)
         gate, up = tl.split(tl.reshape(acc + bias[None, :], [BLOCK_M, BLOCK_N, 2]))
         gate = tl.minimum(gate, swiglu_limit)
@@ -267,9 +345,9 @@ if triton is not None:
     @triton.jit
     def mxfp4_down_kernel(
             act_ptr, blocks_ptr, scales_ptr, bias_ptr, weights_ptr, out_ptr, tile_expert_ptr, row_slot_ptr,
-            num_experts, hidden, inter, stride_bias_expert,
+            num_experts, hidden, inter, w_row_bytes, stride_bias_expert,
             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-            DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+            DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, FP16_DECODE: tl.constexpr):
         """Grid (tiles, H / BLOCK_N): out[slot, n] = weight[slot] * (act[row] @ W_d[e, n]^T + bias[e, n])."""
         tile = tl.program_id(0)
         expert = tl.load(tile_expert_ptr + tile)
@@ -281,9 +359,9 @@ if triton is not None:
         cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         col_valid = cols < hidden
         w_row = expert.to(tl.int64) * hidden + cols
-        acc = _mxfp4_tile_product(act_ptr + rows.to(tl.int64) * inter, row_valid, blocks_ptr + w_row * (inter // 2),
+        acc = _mxfp4_tile_product(act_ptr + rows.to(tl.int64) * inter, row_valid, blocks_ptr + w_row * w_row_bytes,
                                   scales_ptr + w_row * (inter // 32), col_valid, inter,
-                                  BLOCK_M, BLOCK_N, BLOCK_K, DOT_DTYPE, INPUT_PRECISION)
+                                  BLOCK_M, BLOCK_N, BLOCK_K, DOT_DTYPE, INPUT_PRECISION, FP16_DECODE)
         bias = tl.load(bias_ptr + expert * stride_bias_expert + cols, mask=col_valid, other=0.0).to(tl.float32)
         routing = tl.load(weights_ptr + slot, mask=row_valid, other=0.0)
         y = (acc + bias[None, :]) * routing[:, None]

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from oss_serve.attention.base import AttentionBackend
+from oss_serve.kernels.rms_norm import rms_norm
 from oss_serve.model.config import ModelConfig
 from oss_serve.model.moe import MoE
 from oss_serve.model.rope import RotaryEmbedding, apply_rotary
@@ -16,11 +17,11 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.empty(size, dtype=dtype, device=device), requires_grad=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Computed in fp32 whatever the model dtype: the model was trained so.
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (xf * self.weight.float()).to(x.dtype)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """norm(x), or (norm(x + residual), x + residual) in one pass; fp32 math whatever the model
+        dtype, as the model was trained. One Triton kernel on GPU, the torch reference elsewhere."""
+        return rms_norm(x, self.weight, self.eps, residual)
 
 
 def _linear(in_features: int, out_features: int, bias: bool, dtype: torch.dtype,
@@ -64,8 +65,9 @@ class DecoderLayer(nn.Module):
         self.mlp = MoE(config, dtype, device, packed_mxfp4)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn: AttentionBackend) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        attn_out = self.self_attn(self.input_layernorm(x), cos, sin, attn)
+        normed, x = self.post_attention_layernorm(attn_out, residual=x)
+        return x + self.mlp(normed)
 
 
 class GptOssModel(nn.Module):

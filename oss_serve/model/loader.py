@@ -19,6 +19,7 @@ from safetensors import SafetensorError, safe_open
 from oss_serve.model.config import ModelConfig
 from oss_serve.model.gpt_oss import GptOssForCausalLM
 from oss_serve.model.mxfp4 import FP4_VALUES, SCALE_BIAS, dequantize_mxfp4
+from oss_serve.model.parallel import DiskSlice, TensorParallelShard
 from oss_serve.model.rope import RotaryEmbedding
 
 logger = logging.getLogger(__name__)
@@ -91,27 +92,34 @@ def use_packed_mxfp4(config: ModelConfig, device: torch.device, moe_backend: str
 
 def load_model(model_path: str, *, dtype: str | torch.dtype = "auto", device: str = "auto",
                load_format: str = "auto", revision: str | None = None, seed: int = 0,
-               moe_backend: str = "auto") -> LoadedModel:
+               moe_backend: str = "auto", shard: TensorParallelShard | None = None) -> LoadedModel:
+    """With `shard`, builds and loads only that tensor-parallel rank's part (`model.config` is then
+    the rank's local config); reading the checkpoint touches only that part."""
     folder = resolve_model_path(model_path, revision)
     config = ModelConfig.from_folder(folder)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     packed = use_packed_mxfp4(config, torch_device, moe_backend)
+    local_config = config if shard is None else shard.local_config(config)
     # Built on the meta device then materialized uninitialized: every weight is overwritten next,
     # and torch's default init would cost time and, for the vocab-sized matrices, transient memory.
-    model = GptOssForCausalLM(config, torch_dtype, "meta", packed).to_empty(device=torch_device)
+    model = GptOssForCausalLM(local_config, torch_dtype, "meta", packed).to_empty(device=torch_device)
     model.model.rotary = RotaryEmbedding(config).to(torch_device)
     if load_format == "dummy":
         init_dummy_weights(model, seed)
     elif load_format in ("auto", "safetensors"):
-        load_safetensors(model, config, folder)
+        load_safetensors(model, config, folder, shard)
     else:
         raise ValueError(f"unknown load_format {load_format!r}; choose auto, safetensors or dummy")
+    if shard is not None:
+        for name, param in model.named_parameters():
+            if not shard.adds_bias(name):
+                param.zero_()
     model.eval()
     params_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     logger.info("Loaded %s: %d layers, %.2f GiB of weights in %s on %s", folder, config.num_layers,
                 params_bytes / 2**30, str(torch_dtype).removeprefix("torch."), torch_device)
-    return LoadedModel(model, config, folder, torch_dtype, torch_device)
+    return LoadedModel(model, local_config, folder, torch_dtype, torch_device)
 
 
 def init_dummy_weights(model: GptOssForCausalLM, seed: int) -> None:
@@ -135,9 +143,7 @@ def init_dummy_weights(model: GptOssForCausalLM, seed: int) -> None:
         if name.endswith(("sinks", "embed_tokens.weight")):
             std = 1.0
         else:
-            # Experts are laid out [E, in, out]; every other matrix [out, in].
-            fan_in = param.shape[-2] if ".experts." in name and param.dim() == 3 else param.shape[-1]
-            std = min(0.02, 1 / math.sqrt(fan_in)) if param.dim() > 1 else 0.02
+            std = min(0.02, 1 / math.sqrt(param.shape[-1])) if param.dim() > 1 else 0.02
         param.normal_(0.0, std, generator=generator)
 
 
@@ -185,9 +191,14 @@ def expected_checkpoint_tensors(model: GptOssForCausalLM, config: ModelConfig) -
     return expected
 
 
-def load_safetensors(model: GptOssForCausalLM, config: ModelConfig, folder: Path) -> None:
+def load_safetensors(model: GptOssForCausalLM, config: ModelConfig, folder: Path,
+                     shard: TensorParallelShard | None = None) -> None:
+    """`config` is the checkpoint's (whole model's) config; with `shard`, `model` holds one rank's part."""
     files = _shard_files(folder)
-    expected = expected_checkpoint_tensors(model, config)
+    # The checkpoint holds the whole model; a rank's parameters are slices of it.
+    whole_model = model if shard is None else GptOssForCausalLM(config, next(model.parameters()).dtype, "meta",
+                                                                model.packed_mxfp4)
+    expected = expected_checkpoint_tensors(whole_model, config)
     missing = sorted(set(expected) - set(files))
     if missing:
         raise CheckpointError(f"checkpoint {folder} lacks {len(missing)} tensor(s) that config.json implies, "
@@ -200,33 +211,41 @@ def load_safetensors(model: GptOssForCausalLM, config: ModelConfig, folder: Path
     for name in expected:
         by_shard.setdefault(files[name], []).append(name)
     # Check every shape (headers only) before copying anything, so a bad checkpoint fails fast.
-    for shard, names in sorted(by_shard.items()):
-        with _open_shard(shard) as f:
+    for shard_path, names in sorted(by_shard.items()):
+        with _open_shard(shard_path) as f:
             present = set(f.keys())
             for name in names:
                 if name not in present:
-                    raise CheckpointError(f"tensor {name!r} is listed in the index under {shard.name}, "
+                    raise CheckpointError(f"tensor {name!r} is listed in the index under {shard_path.name}, "
                                           f"but that file does not hold it (expected shape {list(expected[name])})")
                 shape = tuple(f.get_slice(name).get_shape())
                 if shape != expected[name]:
-                    raise CheckpointError(f"tensor {name!r} in {shard.name} has shape {list(shape)}, "
+                    raise CheckpointError(f"tensor {name!r} in {shard_path.name} has shape {list(shape)}, "
                                           f"but config.json implies {list(expected[name])}")
     dequantized_bytes = 0
-    for shard, names in sorted(by_shard.items()):
-        with _open_shard(shard) as f:
+    for shard_path, names in sorted(by_shard.items()):
+        with _open_shard(shard_path) as f:
             for name in sorted(names):
+                if shard is not None and not shard.adds_bias(name):
+                    continue  # zeroed by the caller
+                part = None if shard is None else shard.slice_of(name, config)
                 if model.packed_mxfp4 or not name.endswith(("_blocks", "_scales")):
-                    _copy_in_row_chunks(f, name, shard, params[name])
+                    _copy_in_row_chunks(f, name, shard_path, params[name], part,
+                                        transposed=name.endswith(DENSE_EXPERT_WEIGHTS))
                 elif name.endswith("_blocks"):  # dequantized with its scales for the torch path
                     base = name.removesuffix("_blocks")
+                    if part is not None and part.start == part.stop:
+                        params[base].zero_()  # a rank that holds only padding
+                        continue
                     scales_name, scales_shard = base + "_scales", files[base + "_scales"]
-                    if scales_shard == shard:
-                        scales = _read(f, scales_name, shard)
+                    if scales_shard == shard_path:
+                        scales = _read(f, scales_name, shard_path, part)
                     else:
                         with _open_shard(scales_shard) as g:
-                            scales = _read(g, scales_name, scales_shard)
-                    dense = dequantize_mxfp4(_read(f, name, shard), scales, dtype=params[base].dtype)  # [E, out, in]
-                    params[base].copy_(dense.transpose(1, 2))
+                            scales = _read(g, scales_name, scales_shard, part)
+                    dense = dequantize_mxfp4(_read(f, name, shard_path, part), scales,
+                                             dtype=params[base].dtype)  # [E, out, in]
+                    _copy_into_corner(params[base], dense)
                     dequantized_bytes += dense.numel() * dense.element_size()
                     del dense
     if dequantized_bytes:
@@ -235,26 +254,59 @@ def load_safetensors(model: GptOssForCausalLM, config: ModelConfig, folder: Path
 
 
 ROWS_PER_READ_BYTES = 32 * 2**20
+# Dense expert matrices are stored [E, in, out] on disk and kept [E, out, in] in memory (see TorchExperts).
+DENSE_EXPERT_WEIGHTS = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")
 
 
-def _copy_in_row_chunks(f, name: str, shard: Path, target: torch.Tensor) -> None:
-    """Copy a tensor into its parameter a slab of rows at a time, so that reading the embedding or
-    lm_head (the largest tensors) never holds a second full copy in memory."""
+def _disk_index(shape: list[int], part: DiskSlice | None) -> list[slice]:
+    index = [slice(0, n) for n in shape]
+    if part is not None:
+        index[part.dim] = slice(part.start, part.stop)
+    return index
+
+
+def _copy_into_corner(target: torch.Tensor, part: torch.Tensor) -> None:
+    """A tensor-parallel rank's slice fills its parameter from index 0; what it leaves (padding) is zero."""
+    if part.shape != target.shape:
+        target.zero_()
+    target[tuple(slice(0, n) for n in part.shape)].copy_(part)
+
+
+def _copy_in_row_chunks(f, name: str, shard: Path, target: torch.Tensor, part: DiskSlice | None = None,
+                        transposed: bool = False) -> None:
+    """Copy a tensor (or a tensor-parallel rank's `part` of it) into its parameter a slab of rows at a
+    time, so that reading the embedding or lm_head (the largest tensors) never holds a second full
+    copy in memory. `transposed`: the parameter holds the tensor with its last two dims swapped."""
+    if transposed:
+        target = target.transpose(-1, -2)
     try:
         view = f.get_slice(name)
-        row_bytes = max(1, target[0].numel() * target.element_size()) if target.dim() > 0 else 1
-        step = max(1, ROWS_PER_READ_BYTES // row_bytes)
-        if target.dim() == 0 or target.shape[0] <= step:
-            target.copy_(view[:] if target.dim() else f.get_tensor(name))
+        if target.dim() == 0:
+            target.copy_(f.get_tensor(name))
             return
-        for start in range(0, target.shape[0], step):
-            target[start:start + step].copy_(view[start:start + step])
+        index = _disk_index(view.get_shape(), part)
+        region = [s.stop - s.start for s in index]
+        if 0 in region:
+            target.zero_()  # a rank that holds only padding
+            return
+        if region != list(target.shape):
+            target.zero_()
+        dest = target[tuple(slice(0, n) for n in region)]
+        row_bytes = max(1, dest[0].numel() * dest.element_size())
+        step = max(1, ROWS_PER_READ_BYTES // row_bytes)
+        first = index[0].start
+        for start in range(0, region[0], step):
+            stop = min(start + step, region[0])
+            dest[start:stop].copy_(view[(slice(first + start, first + stop), *index[1:])])
     except SafetensorError as e:
         raise CheckpointError(f"tensor {name!r} in {shard.name} cannot be read (truncated file?): {e}") from e
 
 
-def _read(f, name: str, shard: Path) -> torch.Tensor:
+def _read(f, name: str, shard: Path, part: DiskSlice | None = None) -> torch.Tensor:
     try:
-        return f.get_tensor(name)
+        if part is None:
+            return f.get_tensor(name)
+        view = f.get_slice(name)
+        return view[tuple(_disk_index(view.get_shape(), part))]
     except SafetensorError as e:
         raise CheckpointError(f"tensor {name!r} in {shard.name} cannot be read (truncated file?): {e}") from e

@@ -1,6 +1,7 @@
 """Web search providers for the browser tool: Exa and You.com, chosen by BROWSER_BACKEND or by key."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from abc import ABC, abstractmethod
@@ -48,8 +49,12 @@ class SearchBackend(ABC):
 
     async def _request(self, method: str, path: str, **kwargs: object) -> dict:
         try:
-            async with httpx.AsyncClient(timeout=self.timeout_s) as client:
+            # httpx's timeout bounds each read, not the whole answer: a provider that trickles
+            # bytes would hold the tool call forever without the outer deadline.
+            async with asyncio.timeout(self.timeout_s), httpx.AsyncClient(timeout=self.timeout_s) as client:
                 response = await client.request(method, self.base_url + path, headers=self._headers(), **kwargs)
+        except TimeoutError:
+            raise SearchError(f"{self.name} did not answer within {self.timeout_s:g} seconds") from None
         except httpx.HTTPError as error:
             raise SearchError(f"{self.name} request failed: {error or type(error).__name__}") from None
         if response.status_code >= 400:

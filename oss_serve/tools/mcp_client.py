@@ -135,6 +135,8 @@ class McpToolServer(ToolServer):
             try:
                 session, initialized, listed = await asyncio.wait_for(ready, self.connect_timeout_s + 5)
             except asyncio.TimeoutError:
+                # A server that never answered has nothing to close gracefully: don't wait for it.
+                self._holder.cancel()
                 await self._disconnect()
                 raise McpConnectError(f"cannot connect to MCP server {self.url}: timed out") from None
             except McpConnectError:

@@ -78,6 +78,15 @@ class PageFetcher:
         self.max_redirects = max_redirects
 
     async def fetch(self, url: str) -> FetchedPage:
+        """The page at `url`, within timeout_s in all: httpx's timeout bounds each read, so a
+        site that trickles bytes would otherwise hold the tool call for as long as it likes."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await self._fetch(url)
+        except TimeoutError:
+            raise FetchError(f"Fetching {url} timed out after {self.timeout_s:g} seconds.") from None
+
+    async def _fetch(self, url: str) -> FetchedPage:
         # trust_env off: a proxy from the environment would bypass the address check.
         async with httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False, trust_env=False,
                                      headers={"User-Agent": USER_AGENT}) as client:

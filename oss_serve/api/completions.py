@@ -1,0 +1,159 @@
+"""POST /v1/completions: raw text or token prompts, no harmony rendering."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from openai.types import Completion, CompletionChoice
+from openai.types.completion_choice import Logprobs
+
+from oss_serve.api.engine_client import until_disconnected
+from oss_serve.api.errors import APIError
+from oss_serve.api.protocol import CompletionRequest
+from oss_serve.api.sampling import build_sampling_params, resolve_max_new_tokens
+from oss_serve.api.sse import DONE, sse_data
+from oss_serve.api.state import ServingState, TextTokenizer, new_id
+from oss_serve.api.usage import make_usage
+from oss_serve.engine.outputs import StreamOutput, TokenLogprob
+from oss_serve.engine.sampling_params import SamplingParams
+
+MAX_TOP_LOGPROBS = 20
+
+
+@dataclass
+class _Choice:
+    """One choice accumulated from its stream."""
+    prompt_ids: list[int]
+    echo_text: str
+    text: str = ""
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+    matched_stop: int | str | None = None
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+    def add(self, output: StreamOutput) -> None:
+        self.text += output.new_text
+        self.logprobs.extend(output.new_logprobs or [])
+        self.completion_tokens = output.completion_tokens
+        self.cached_tokens = output.cached_tokens
+        if output.finished:
+            self.finish_reason = output.finish_reason
+            self.matched_stop = output.matched_stop
+
+
+def _prompts(request: CompletionRequest, tokenizer: TextTokenizer) -> list[tuple[list[int], str]]:
+    """(prompt ids, prompt text for echo) for each prompt of the request."""
+    prompt = request.prompt
+    if isinstance(prompt, str):
+        return [(tokenizer.encode(prompt), prompt)]
+    if not prompt:
+        raise APIError("prompt is empty.", param="prompt")
+    if all(isinstance(item, str) for item in prompt):
+        return [(tokenizer.encode(text), text) for text in prompt]  # type: ignore[arg-type]
+    if all(isinstance(item, int) for item in prompt):
+        ids = list(prompt)  # type: ignore[arg-type]
+        return [(ids, tokenizer.decode(ids))]
+    return [(list(ids), tokenizer.decode(ids)) for ids in prompt]  # type: ignore[union-attr]
+
+
+def _completion_logprobs(entries: list[TokenLogprob], tokenizer: TextTokenizer, start_offset: int) -> Logprobs:
+    tokens = [tokenizer.decode([entry.token_id]) for entry in entries]
+    offsets: list[int] = []
+    offset = start_offset
+    for token in tokens:
+        offsets.append(offset)
+        offset += len(token)
+    return Logprobs(
+        tokens=tokens,
+        token_logprobs=[entry.logprob for entry in entries],
+        top_logprobs=[{tokenizer.decode([token_id]): logprob for token_id, logprob in entry.top}
+                      for entry in entries],
+        text_offset=offsets,
+    )
+
+
+def _choice_object(index: int, text: str, logprobs: Logprobs | None, finish_reason: str | None,
+                   matched_stop: int | str | None) -> CompletionChoice:
+    choice = CompletionChoice(index=index, text=text, logprobs=logprobs,
+                              finish_reason="stop", matched_stop=matched_stop)
+    # openai's type has no "abort" and no pending (None) state; both are on the wire.
+    choice.finish_reason = finish_reason  # type: ignore[assignment]
+    return choice
+
+
+async def create_completion(request: CompletionRequest, http_request: Request,
+                            state: ServingState) -> Response:
+    state.check_model(request.model)
+    if request.logprobs is not None and not 0 <= request.logprobs <= MAX_TOP_LOGPROBS:
+        raise APIError(f"logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {request.logprobs}.", param="logprobs")
+    if request.n < 1:
+        raise APIError(f"n must be >= 1, got {request.n}.", param="n")
+    jobs: list[tuple[list[int], SamplingParams, str]] = []
+    choices: list[_Choice] = []
+    completion_id = new_id("cmpl-")
+    for prompt_ids, prompt_text in _prompts(request, state.tokenizer):
+        max_new_tokens = resolve_max_new_tokens(len(prompt_ids), request.max_tokens, state.context_length,
+                                                prompt_param="prompt")
+        for choice_number in range(request.n):
+            params = build_sampling_params(request, state.default_params, max_new_tokens=max_new_tokens, seed_offset=choice_number,
+                                           logprobs=request.logprobs is not None,
+                                           top_logprobs=request.logprobs or 0,
+                                           skip_special_tokens=request.skip_special_tokens)
+            jobs.append((prompt_ids, params, f"{completion_id}-{len(jobs)}"))
+            choices.append(_Choice(prompt_ids, prompt_text if request.echo else ""))
+    created = int(time.time())
+    model = state.model_name
+
+    def envelope(choice_objects: list[CompletionChoice], **extra: object) -> Completion:
+        return Completion(id=completion_id, object="text_completion", created=created, model=model,
+                          choices=choice_objects, **extra)  # type: ignore[arg-type]
+
+    def usage() -> object:
+        return make_usage(sum(len(c.prompt_ids) for c in choices), sum(c.completion_tokens for c in choices),
+                          sum(c.cached_tokens for c in choices), 0)
+
+    if request.stream:
+        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+
+        async def events() -> AsyncIterator[bytes]:
+            try:
+                for index, choice in enumerate(choices):
+                    if choice.echo_text:
+                        yield sse_data(envelope([_choice_object(index, choice.echo_text, None, None, None)]))
+                async for index, output in state.generator.merged(jobs):
+                    choice = choices[index]
+                    text_offset = len(choice.echo_text) + len(choice.text)
+                    choice.add(output)
+                    logprobs = (_completion_logprobs(output.new_logprobs or [], state.tokenizer, text_offset)
+                                if request.logprobs is not None else None)
+                    if output.new_text or logprobs or output.finished:
+                        yield sse_data(envelope([_choice_object(
+                            index, output.new_text, logprobs,
+                            choice.finish_reason if output.finished else None,
+                            choice.matched_stop if output.finished else None)]))
+                if include_usage:
+                    yield sse_data(envelope([], usage=usage()))
+            except APIError as error:
+                yield sse_data({"error": {"message": error.message, "type": "invalid_request_error",
+                                          "param": error.param, "code": error.status}})
+            yield DONE
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    async def collect() -> None:
+        async for index, output in state.generator.merged(jobs):
+            choices[index].add(output)
+
+    await until_disconnected(collect(), http_request.is_disconnected)
+    choice_objects = []
+    for index, choice in enumerate(choices):
+        logprobs = (_completion_logprobs(choice.logprobs, state.tokenizer, len(choice.echo_text))
+                    if request.logprobs is not None else None)
+        choice_objects.append(_choice_object(index, choice.echo_text + choice.text, logprobs,
+                                             choice.finish_reason, choice.matched_stop))
+    response = envelope(choice_objects, usage=usage(), metadata={"weight_version": state.weight_version})
+    return JSONResponse(response.model_dump(mode="json", exclude_unset=True))

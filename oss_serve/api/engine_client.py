@@ -1,0 +1,126 @@
+"""The server's view of the engine, and the per-request plumbing around it.
+
+The server only needs: generate (an async stream of StreamOutput), abort, stats. Whatever
+ends a request early (client gone, handler cancelled, error) aborts it in the engine so its
+KV pages are freed at once.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Awaitable, Callable, Protocol, Sequence, TypeVar
+
+from oss_serve.api.errors import APIError
+from oss_serve.engine.outputs import StreamOutput
+from oss_serve.engine.sampling_params import SamplingParams
+
+T = TypeVar("T")
+
+
+class Engine(Protocol):
+    def generate(self, prompt_ids: list[int], sampling_params: SamplingParams,
+                 request_id: str) -> AsyncIterator[StreamOutput]: ...
+
+    async def abort(self, request_id: str) -> None: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+
+class RequestObserver(Protocol):
+    """Sees every output of every request (metrics)."""
+
+    def on_output(self, output: StreamOutput, *, started_at: float, previous_at: float) -> None: ...
+
+    def on_abort(self, request_id: str) -> None: ...
+
+
+@dataclass
+class Generator:
+    """Runs engine requests for the handlers."""
+    engine: Engine
+    observers: list[RequestObserver] = field(default_factory=list)
+
+    async def stream(self, prompt_ids: list[int], params: SamplingParams,
+                     request_id: str) -> AsyncIterator[StreamOutput]:
+        """The engine's outputs for one request; leaving early aborts the request."""
+        started_at = previous_at = time.monotonic()
+        finished = False
+        try:
+            async for output in self._checked(self.engine.generate(prompt_ids, params, request_id)):
+                for observer in self.observers:
+                    observer.on_output(output, started_at=started_at, previous_at=previous_at)
+                previous_at = time.monotonic()
+                if output.error:  # the engine failed, not the request
+                    finished = True
+                    raise APIError(f"The engine failed: {output.error}", status=503)
+                finished = output.finished
+                yield output
+                if finished:
+                    return
+        finally:
+            if not finished:
+                for observer in self.observers:
+                    observer.on_abort(request_id)
+                await asyncio.shield(self.engine.abort(request_id))
+
+    @staticmethod
+    async def _checked(outputs: AsyncIterator[StreamOutput]) -> AsyncIterator[StreamOutput]:
+        """The engine rejects a request it cannot run with ValueError: that is a bad request."""
+        try:
+            async for output in outputs:
+                yield output
+        except ValueError as error:
+            raise APIError(str(error)) from None
+
+    async def merged(self, prompts: Sequence[tuple[list[int], SamplingParams, str]]
+                     ) -> AsyncIterator[tuple[int, StreamOutput]]:
+        """Several requests at once (n > 1, batched prompts), outputs tagged with their index,
+        in arrival order."""
+        if len(prompts) == 1:
+            async for output in self.stream(*prompts[0]):
+                yield 0, output
+            return
+        queue: asyncio.Queue[tuple[int, StreamOutput | BaseException | None]] = asyncio.Queue()
+
+        async def pump(index: int, prompt: tuple[list[int], SamplingParams, str]) -> None:
+            try:
+                async for output in self.stream(*prompt):
+                    await queue.put((index, output))
+                await queue.put((index, None))
+            except BaseException as error:  # noqa: BLE001 - handed to the consumer
+                await queue.put((index, error))
+
+        tasks = [asyncio.create_task(pump(i, prompt)) for i, prompt in enumerate(prompts)]
+        remaining = len(tasks)
+        try:
+            while remaining:
+                index, item = await queue.get()
+                if item is None:
+                    remaining -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield index, item
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def until_disconnected(work: Awaitable[T], is_disconnected: Callable[[], Awaitable[bool]],
+                             poll_seconds: float = 0.25) -> T:
+    """Run `work`; cancel it (which aborts its engine requests) if the client goes away."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=poll_seconds)
+            if done:
+                return task.result()
+            if await is_disconnected():
+                task.cancel()
+                raise APIError("client disconnected", status=499)
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)

@@ -1,0 +1,172 @@
+"""SGLang's native endpoints: /generate, health, model and server info, cache flush, and the
+parser API (/separate_reasoning, /parse_function_call)."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, AsyncIterator
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import TypeAdapter, ValidationError
+
+from oss_serve.api.engine_client import until_disconnected
+from oss_serve.api.errors import APIError
+from oss_serve.api.protocol import GenerateRequest, ParseFunctionCallRequest, SeparateReasoningRequest
+from oss_serve.api.sampling import resolve_max_new_tokens
+from oss_serve.api.sse import DONE, sse_data
+from oss_serve.api.state import ServingState, new_id
+from oss_serve.api.structured_outputs import generate_structured_output
+from oss_serve.engine.outputs import StreamOutput
+from oss_serve.engine.sampling_params import SamplingParams
+from oss_serve.harmony.parse import parse_output_text
+
+_SAMPLING_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
+_SAMPLING_ADAPTER = TypeAdapter(SamplingParams)
+
+
+def _sampling_params(fields: dict[str, Any], defaults: SamplingParams) -> SamplingParams:
+    """SGLang's `sampling_params` object; unknown keys are ignored as SGLang's own extras."""
+    known = {key: value for key, value in fields.items() if key in _SAMPLING_FIELDS}
+    if isinstance(known.get("stop"), str):
+        known["stop"] = [known["stop"]]
+    try:
+        checked = _SAMPLING_ADAPTER.validate_python(known)
+    except ValidationError as error:
+        first = error.errors()[0]
+        field_name = ".".join(str(part) for part in first["loc"])
+        raise APIError(f"sampling_params.{field_name}: {first['msg']}",
+                       param=f"sampling_params.{field_name}") from None
+    params = dataclasses.replace(defaults, **{key: getattr(checked, key) for key in known})
+    try:
+        params.validate()
+    except ValueError as error:
+        raise APIError(str(error), param=f"sampling_params.{str(error).split()[0]}") from None
+    return params
+
+
+@dataclasses.dataclass
+class _GenerateResult:
+    request_id: str
+    prompt_tokens: int
+    text: str = ""
+    output_ids: list[int] = dataclasses.field(default_factory=list)
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    finish_reason: str | None = None
+    matched_stop: int | str | None = None
+
+    def add(self, output: StreamOutput) -> None:
+        self.text += output.new_text
+        self.output_ids.extend(output.new_token_ids)
+        self.completion_tokens = output.completion_tokens
+        self.cached_tokens = output.cached_tokens
+        if output.finished:
+            self.finish_reason = output.finish_reason
+            self.matched_stop = output.matched_stop
+
+    def as_json(self) -> dict[str, Any]:
+        finish = None if self.finish_reason is None else {"type": self.finish_reason, "matched": self.matched_stop}
+        return {"text": self.text, "output_ids": self.output_ids, "meta_info": {
+            "id": self.request_id, "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+            "cached_tokens": self.cached_tokens, "finish_reason": finish}}
+
+
+async def generate(request: GenerateRequest, http_request: Request, state: ServingState) -> Response:
+    if (request.text is None) == (request.input_ids is None):
+        raise APIError("Give exactly one of text and input_ids.", param="text")
+    batched = isinstance(request.text, list) or (
+        isinstance(request.input_ids, list) and bool(request.input_ids) and isinstance(request.input_ids[0], list))
+    if request.text is not None:
+        texts = request.text if isinstance(request.text, list) else [request.text]
+        prompts = [state.tokenizer.encode(text) for text in texts]
+    else:
+        prompts = request.input_ids if batched else [request.input_ids]  # type: ignore[list-item]
+    base_id = request.rid or new_id("")
+    params = _sampling_params(request.sampling_params, state.default_params)
+    params.structured = generate_structured_output(request.sampling_params)
+    jobs = []
+    results = []
+    for index, prompt_ids in enumerate(prompts):
+        budget = resolve_max_new_tokens(len(prompt_ids), params.max_new_tokens, state.context_length,
+                                        prompt_param="text" if request.text is not None else "input_ids",
+                                        max_tokens_param="sampling_params.max_new_tokens")
+        request_id = base_id if len(prompts) == 1 else f"{base_id}-{index}"
+        jobs.append((list(prompt_ids), dataclasses.replace(params, max_new_tokens=budget), request_id))
+        results.append(_GenerateResult(request_id, len(prompt_ids)))
+
+    if request.stream:
+        async def events() -> AsyncIterator[bytes]:
+            try:
+                async for index, output in state.generator.merged(jobs):
+                    results[index].add(output)
+                    payload = results[index].as_json()
+                    payload["index"] = index
+                    yield sse_data(payload)
+            except APIError as error:
+                yield sse_data({"error": {"message": error.message, "code": error.status}})
+            yield DONE
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    async def collect() -> None:
+        async for index, output in state.generator.merged(jobs):
+            results[index].add(output)
+
+    await until_disconnected(collect(), http_request.is_disconnected)
+    body: Any = [result.as_json() for result in results] if batched else results[0].as_json()
+    return JSONResponse(body)
+
+
+async def health_generate(state: ServingState) -> Response:
+    """200 when a one-token generation goes through the whole engine."""
+    params = SamplingParams(max_new_tokens=1, temperature=0.0)
+    try:
+        async for _ in state.generator.stream([state.tokenizer.encode("ping")[0]], params, new_id("health-")):
+            pass
+    except Exception as error:  # noqa: BLE001 - reported as unhealthy
+        raise APIError(f"generation failed: {error}", status=503) from None
+    return Response(status_code=200)
+
+
+def model_info(state: ServingState) -> dict[str, Any]:
+    args = state.server_args
+    return {"model_path": args.model_path, "tokenizer_path": args.tokenizer_path or args.model_path,
+            "served_model_name": state.model_name, "is_generation": True,
+            "weight_version": state.weight_version, "context_length": state.context_length}
+
+
+def server_info(state: ServingState) -> dict[str, Any]:
+    info: dict[str, Any] = dataclasses.asdict(state.server_args)
+    if info.get("api_key"):
+        info["api_key"] = "***"
+    info["context_length"] = state.context_length
+    info["engine"] = state.engine.stats()
+    return info
+
+
+def separate_reasoning(request: SeparateReasoningRequest) -> dict[str, Any]:
+    messages = parse_output_text(request.text)
+    reasoning = "".join(message.text for message in messages if message.is_reasoning)
+    rest = "".join(message.text for message in messages if not message.is_reasoning)
+    return {"reasoning_text": reasoning, "text": rest}
+
+
+def parse_function_call(request: ParseFunctionCallRequest) -> dict[str, Any]:
+    names = [tool.function.name for tool in request.tools]
+    messages = parse_output_text(request.text, function_names=names)
+    calls = []
+    for message in messages:
+        if message.is_function_call:
+            name = message.function_name or ""
+            calls.append({"tool_index": names.index(name) if name in names else -1,
+                          "name": name, "parameters": message.text})
+    normal = "".join(message.text for message in messages
+                     if not message.is_function_call and not message.is_reasoning)
+    return {"normal_text": normal, "calls": calls}
+
+
+def models_list(state: ServingState) -> dict[str, Any]:
+    return {"object": "list", "data": [{"id": state.model_name, "object": "model",
+                                        "created": int(state.started_at), "owned_by": "oss-serve",
+                                        "root": state.server_args.model_path,
+                                        "max_model_len": state.context_length}]}
+

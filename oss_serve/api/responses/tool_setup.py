@@ -1,0 +1,179 @@
+"""The request's `tools` against what this server runs: which functions and tool namespaces the
+model is shown, who executes its calls, and how `tool_choice` is enforced.
+
+Built-in tools (code_interpreter -> `python`, web_search -> `browser`, server-level MCP servers)
+come from `--tool-server`; a request naming one the server does not have is a 400 that says
+which flag enables it. Request-level `mcp` tools with a `server_url` are connected for this
+response only and closed with it.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from openai_harmony import ToolNamespaceConfig
+
+from oss_serve.api.errors import APIError
+from oss_serve.api.responses.request import WEB_SEARCH_TOOL_TYPES, ResponsesRequest
+from oss_serve.harmony import render
+from oss_serve.tools.base import ToolServer, split_recipient
+from oss_serve.tools.mcp_client import McpConnectError, McpToolServer
+from oss_serve.tools.tool_group import ToolServerGroup
+
+logger = logging.getLogger(__name__)
+
+BUILTIN_NAMESPACE_BY_TOOL_TYPE = {"code_interpreter": "python",
+                                  **{tool_type: "browser" for tool_type in WEB_SEARCH_TOOL_TYPES}}
+HOW_TO_ENABLE = {
+    "python": "start the server with `--tool-server demo` (the python tool; pick a backend with "
+              "--python-backend or PYTHON_EXECUTION_BACKEND)",
+    "browser": "start the server with `--tool-server demo` and a search key (EXA_API_KEY or YDC_API_KEY, "
+               "see --browser-backend)",
+}
+
+
+@dataclass
+class ResponseTools:
+    """What one response may use."""
+    function_tools: list[render.FunctionTool] = field(default_factory=list)
+    namespaces: list[ToolNamespaceConfig] = field(default_factory=list)  # shown in the system message
+    executor: ToolServer | None = None  # runs built-in and MCP calls
+    mcp_labels: set[str] = field(default_factory=set)  # namespaces whose calls are `mcp_call` items
+    mcp_list_tools: list[tuple[str, list[dict[str, Any]]]] = field(default_factory=list)  # (label, tools)
+    request_mcp_servers: list[McpToolServer] = field(default_factory=list)
+    prefill: str = ""  # forced start of the first assistant message (tool_choice)
+
+    @property
+    def function_names(self) -> list[str]:
+        return [tool.name for tool in self.function_tools]
+
+    @property
+    def namespace_names(self) -> list[str]:
+        return [namespace.name for namespace in self.namespaces]
+
+    def runs(self, recipient: str) -> bool:
+        """Whether a call to `recipient` is executed here (shown to the model and available)."""
+        namespace, _ = split_recipient(recipient)
+        return (namespace in self.namespace_names and self.executor is not None
+                and self.executor.has_tool(recipient))
+
+    async def aclose(self) -> None:
+        for server in self.request_mcp_servers:
+            try:
+                await server.aclose()
+            except Exception:  # noqa: BLE001 - closing must not fail a finished response
+                logger.warning("closing MCP server %s failed", server.url, exc_info=True)
+
+
+def _server_namespaces(server_tools: ToolServer | None) -> dict[str, ToolNamespaceConfig]:
+    return {namespace.name: namespace for namespace in (server_tools.namespaces() if server_tools else [])}
+
+
+async def resolve_tools(request: ResponsesRequest, server_tools: ToolServer | None, *,
+                        mcp_call_timeout_s: float) -> ResponseTools:
+    """400s for tools we cannot serve; connects request-level MCP servers."""
+    available = _server_namespaces(server_tools)
+    tools = ResponseTools()
+    executors: list[ToolServer] = [server_tools] if server_tools is not None else []
+    shown: dict[str, ToolNamespaceConfig] = {}
+    try:
+        for index, spec in enumerate(request.tools):
+            tool_type = spec.get("type")
+            if tool_type == "function":
+                name = spec.get("name") or (spec.get("function") or {}).get("name")
+                if not name:
+                    raise APIError(f"tools[{index}] is a function without a name.", param=f"tools[{index}].name")
+                tools.function_tools.append(render.FunctionTool(
+                    name, spec.get("description") or "", spec.get("parameters")))
+            elif tool_type in BUILTIN_NAMESPACE_BY_TOOL_TYPE:
+                namespace = BUILTIN_NAMESPACE_BY_TOOL_TYPE[tool_type]
+                if namespace not in available:
+                    raise APIError(f"The tool '{tool_type}' needs the built-in `{namespace}` tool, which this "
+                                   f"server was not started with: {HOW_TO_ENABLE[namespace]}.",
+                                   param=f"tools[{index}].type", code="tool_not_enabled")
+                shown[namespace] = available[namespace]
+            elif tool_type == "mcp":
+                await _add_mcp_tool(tools, spec, index, available, shown, executors, mcp_call_timeout_s)
+            else:
+                raise APIError(f"tools[{index}] has type {tool_type!r}, which this server does not support "
+                               "(function, code_interpreter, web_search_preview / web_search, mcp).",
+                               param=f"tools[{index}].type")
+        if request.tool_choice == "none":
+            tools.function_tools, shown = [], {}
+        tools.namespaces = list(shown.values())
+        if executors:
+            tools.executor = executors[0] if len(executors) == 1 else ToolServerGroup(executors)
+        tools.prefill = _tool_choice_prefill(request.tool_choice, tools)
+    except BaseException:
+        await tools.aclose()
+        raise
+    return tools
+
+
+async def _add_mcp_tool(tools: ResponseTools, spec: dict[str, Any], index: int,
+                        available: dict[str, ToolNamespaceConfig], shown: dict[str, ToolNamespaceConfig],
+                        executors: list[ToolServer], call_timeout_s: float) -> None:
+    label = spec.get("server_label")
+    if not label:
+        raise APIError(f"tools[{index}] is an mcp tool without a server_label.", param=f"tools[{index}].server_label")
+    url = spec.get("server_url")
+    if not url:
+        # No URL: one of the MCP servers the server was started with, by its name.
+        if label not in available:
+            raise APIError(f"tools[{index}] names the MCP server '{label}' without a server_url, and this server "
+                           f"was not started with an MCP server of that name (--tool-server host:port).",
+                           param=f"tools[{index}].server_url", code="tool_not_enabled")
+        shown[label] = available[label]
+        tools.mcp_labels.add(label)
+        return
+    allowed = spec.get("allowed_tools")
+    if isinstance(allowed, dict):  # the filter form {"tool_names": [...]}
+        allowed = allowed.get("tool_names")
+    server = McpToolServer(url, headers=spec.get("headers"), allowed_tools=allowed, namespace=label,
+                           call_timeout_s=call_timeout_s)
+    try:
+        await server.start()
+    except McpConnectError as error:
+        raise APIError(f"tools[{index}]: {error}", param=f"tools[{index}].server_url",
+                       code="mcp_connection_failed") from None
+    tools.request_mcp_servers.append(server)
+    executors.insert(0, server)  # the request's own server wins over a same-named server-level one
+    shown.update({namespace.name: namespace for namespace in server.namespaces()})
+    tools.mcp_labels.add(label)
+    tools.mcp_list_tools.append((label, server.list_tools_for_api()))
+
+
+def _tool_choice_prefill(choice: str | dict[str, Any], tools: ResponseTools) -> str:
+    """tool_choice is enforced by what the model may write (as in chat completions): the first
+    assistant message starts with a forced call header."""
+    has_functions = bool(tools.function_tools)
+    if choice in ("auto", "none"):
+        return ""
+    if choice == "required":
+        if not has_functions and not tools.namespaces:
+            raise APIError("tool_choice is 'required' but no tools were given.", param="tool_choice")
+        if not tools.namespaces:
+            return render.any_function_call_prefill()
+        return f"<|channel|>{render.COMMENTARY if has_functions else render.ANALYSIS} to="
+    assert isinstance(choice, dict)
+    choice_type = choice.get("type")
+    if choice_type == "function":
+        name = choice.get("name") or (choice.get("function") or {}).get("name")
+        if name not in tools.function_names:
+            raise APIError(f"tool_choice names the function '{name}', which is not in tools "
+                           f"({', '.join(tools.function_names) or 'none given'}).", param="tool_choice")
+        return render.function_call_prefill(name)
+    if choice_type in BUILTIN_NAMESPACE_BY_TOOL_TYPE:
+        namespace = BUILTIN_NAMESPACE_BY_TOOL_TYPE[choice_type]
+        if namespace not in tools.namespace_names:
+            raise APIError(f"tool_choice asks for '{choice_type}', which is not in tools.", param="tool_choice")
+        return (f"<|channel|>{render.ANALYSIS} to=python code<|message|>" if namespace == "python"
+                else f"<|channel|>{render.ANALYSIS} to=browser.")
+    if choice_type == "mcp":
+        label, name = choice.get("server_label"), choice.get("name")
+        if label not in tools.mcp_labels:
+            raise APIError(f"tool_choice names the MCP server '{label}', which is not in tools.", param="tool_choice")
+        return (f"<|channel|>{render.COMMENTARY} to={label}.{name} <|constrain|>json<|message|>" if name
+                else f"<|channel|>{render.COMMENTARY} to={label}.")
+    raise APIError(f"tool_choice of type {choice_type!r} is not supported.", param="tool_choice")

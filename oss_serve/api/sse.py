@@ -1,0 +1,29 @@
+"""Server-sent events framing for streamed responses."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel
+
+DONE = b"data: [DONE]\n\n"
+# JSON leaves these unescaped, but clients that split lines like str.splitlines() (httpx's
+# aiter_lines among them) cut an event in two at them; as escapes they mean the same to a JSON parser.
+_LINE_BREAKING = {"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"}
+
+
+def escape_line_separators(body: str) -> str:
+    for raw, escaped in _LINE_BREAKING.items():
+        if raw in body:
+            body = body.replace(raw, escaped)
+    return body
+
+
+def sse_data(payload: BaseModel | dict[str, Any]) -> bytes:
+    """One `data: {...}` event. pydantic models drop unset optional fields (the openai types'
+    convention), dicts are sent as they are."""
+    if isinstance(payload, BaseModel):
+        body = payload.model_dump_json(exclude_unset=True)
+    else:
+        body = json.dumps(payload, ensure_ascii=False)
+    return b"data: " + escape_line_separators(body).encode() + b"\n\n"

@@ -1,0 +1,69 @@
+"""A worker rank (1..N-1): loads its shard of the model, then runs every forward rank 0 sends it.
+
+Entry point: `python -m oss_serve.distributed.worker`, with pickled (ServerArgs, Topology, rank) on
+stdin. It exits when rank 0 says Stop, or with an error when rank 0 goes away (gloo notices the
+closed connection at once).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import sys
+
+import torch
+
+from oss_serve.attention.paged import PagedAttentionBackend, PagedKVCache
+from oss_serve.distributed.group import TensorParallelGroup
+from oss_serve.distributed.step_inputs import KVCacheLayout, StepInputs, Stop
+from oss_serve.distributed.topology import Topology
+from oss_serve.model.loader import load_model
+from oss_serve.model.parallel import TensorParallelShard, attach_all_reduces
+from oss_serve.server_args import ServerArgs
+
+logger = logging.getLogger(__name__)
+
+
+def run_worker(args: ServerArgs, topology: Topology, rank: int) -> None:
+    if topology.device_type == "cpu":
+        # The ranks of a node share its cores; without this each would start a thread per core.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // topology.ranks_per_node))
+    group = TensorParallelGroup.join(topology, rank)
+    try:
+        loaded = load_model(args.model_path, dtype=args.dtype, device=topology.device_of(rank),
+                            load_format=args.load_format, revision=args.revision, seed=args.random_seed,
+                            moe_backend=args.moe_backend, shard=TensorParallelShard(rank, topology.world_size))
+        model, config, device = loaded.model, loaded.config, loaded.device
+        attach_all_reduces(model, group.all_reduce)
+        backend: PagedAttentionBackend | None = None
+        while True:
+            message = group.receive()
+            if isinstance(message, Stop):
+                return
+            if isinstance(message, KVCacheLayout):
+                cache = PagedKVCache(message.layer_windows, message.num_full_pages, message.num_sliding_pages,
+                                     message.page_size, config.num_kv_heads, config.head_dim, message.dtype, device)
+                backend = PagedAttentionBackend(cache, use_triton=args.attention_backend != "torch")
+            elif isinstance(message, StepInputs):
+                input_ids, positions, paged = message.unpack(device)
+                backend.prepare(paged)
+                model.forward(input_ids, positions, backend)
+            else:
+                raise TypeError(f"unexpected message from rank 0: {message!r}")
+    finally:
+        group.close()
+
+
+def main() -> None:
+    import faulthandler
+    import signal
+
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints where the worker is
+    args, topology, rank = pickle.load(sys.stdin.buffer)
+    logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
+                        format=f"%(asctime)s tp{rank} %(levelname)s %(message)s")
+    run_worker(args, topology, rank)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""The async engine API the HTTP server uses. The model runs in a separate process; this side
+tokenizes nothing, detokenizes incrementally, and never blocks the event loop on a forward pass.
+
+    engine = AsyncEngine(server_args)
+    await engine.start()                       # spawns the engine process, waits until it is ready
+    async for out in engine.generate(prompt_ids, params, request_id):   # AsyncIterator[StreamOutput]
+        ...                                    # new_token_ids + new_text per increment; last has finished=True
+    await engine.abort(request_id)             # frees the request's KV pages at once; its stream ends "abort"
+    engine.stats() -> dict                     # num_running, num_waiting, kv_usage, pool sizes, engine_alive
+    engine.info -> EngineInfo                  # context_length, eos ids, pool sizes, default params
+    engine.default_sampling_params() -> SamplingParams   # from generation_config.json
+    engine.tokenizer                           # the checkpoint's Tokenizer
+    await engine.shutdown()
+
+- `generate` raises ValueError on its first iteration for a prompt longer than the context
+  length (the message gives both numbers), an empty prompt, invalid params, or n > 1 (the
+  server submits n requests; `oss_serve.engine.llm.expand_n` makes the copies).
+- Leaving the `async for` early aborts the request.
+- If the engine process dies, every open stream ends with one StreamOutput whose `error` is set,
+  and later `generate` calls yield such an output at once.
+"""
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+import zmq
+import zmq.asyncio
+
+from oss_serve.engine.detokenizer import IncrementalDetokenizer
+from oss_serve.engine.engine_core import EngineInfo
+from oss_serve.engine.outputs import StreamOutput
+from oss_serve.engine.request import RequestDelta
+from oss_serve.engine.sampling_params import SamplingParams
+from oss_serve.server_args import ServerArgs
+
+logger = logging.getLogger(__name__)
+_LIVENESS_POLL_MS = 500
+
+
+@dataclass
+class _Stream:
+    queue: asyncio.Queue[StreamOutput]
+    detokenizer: IncrementalDetokenizer
+
+
+class EngineDead(RuntimeError):
+    pass
+
+
+class AsyncEngine:
+    def __init__(self, args: ServerArgs) -> None:
+        self.args = args
+        self.info: EngineInfo | None = None
+        self.tokenizer = None
+        self._streams: dict[str, _Stream] = {}
+        self._stats: dict[str, Any] = {}
+        self._dead: str | None = None
+        self._process: subprocess.Popen | None = None
+        self._reader: asyncio.Task | None = None
+        self._context = zmq.asyncio.Context()
+        self._socket_dir = tempfile.mkdtemp(prefix="oss-serve-")
+        tag = uuid.uuid4().hex[:8]
+        self._input_address = f"ipc://{self._socket_dir}/in-{tag}"
+        self._output_address = f"ipc://{self._socket_dir}/out-{tag}"
+        self._to_engine = self._context.socket(zmq.PUSH)
+        self._from_engine = self._context.socket(zmq.PULL)
+
+    async def start(self, timeout_s: float | None = None) -> None:
+        self._to_engine.bind(self._input_address)
+        self._from_engine.bind(self._output_address)
+        # A fresh interpreter rather than fork (the caller runs threads) or multiprocessing's spawn
+        # (which re-imports the caller's __main__ and so needs a main guard in every script).
+        self._process = subprocess.Popen([sys.executable, "-m", "oss_serve.engine.engine_process"],
+                                         stdin=subprocess.PIPE)
+        self._process.stdin.write(pickle.dumps((self.args, self._input_address, self._output_address, os.getpid())))
+        self._process.stdin.close()
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
+        while True:
+            if await self._from_engine.poll(_LIVENESS_POLL_MS):
+                message = await self._from_engine.recv_pyobj()
+                if message[0] == "ready":
+                    self.info = message[1]
+                    break
+                if message[0] == "fatal":
+                    raise RuntimeError(f"the engine process failed to start:\n{message[1]}")
+            elif self._process.poll() is not None:
+                raise RuntimeError(f"the engine process exited during start (exit code {self._process.returncode})")
+            if deadline is not None and loop.time() > deadline:
+                raise TimeoutError("the engine process did not become ready in time")
+        from oss_serve.tokenizer import Tokenizer
+
+        self.tokenizer = Tokenizer.from_pretrained(self.args.tokenizer_path or self.info.model_folder)
+        logger.info("engine ready: %d full-layer KV tokens, %d sliding-layer KV tokens, context %d",
+                    self.info.num_full_tokens, self.info.num_sliding_tokens, self.info.context_length)
+        self._reader = asyncio.create_task(self._read_outputs())
+
+    def default_sampling_params(self) -> SamplingParams:
+        return copy.deepcopy(self.info.default_params)
+
+    def stats(self) -> dict[str, Any]:
+        alive = self._dead is None and self._process is not None and self._process.poll() is None
+        return {**self._stats, "engine_alive": alive, "num_streams": len(self._streams)}
+
+    @property
+    def death_reason(self) -> str | None:
+        """Why the engine process is gone, or None while it runs."""
+        if self._dead is not None:
+            return self._dead
+        if self._process is not None and self._process.poll() is not None:
+            return f"the engine process exited with code {self._process.returncode}"
+        return None
+
+    async def generate(self, prompt_ids: list[int], params: SamplingParams,
+                       request_id: str) -> AsyncIterator[StreamOutput]:
+        if self.info is None:
+            raise RuntimeError("AsyncEngine.start() has not been awaited")
+        if not prompt_ids:
+            raise ValueError("the prompt is empty")
+        if len(prompt_ids) > self.info.context_length:
+            raise ValueError(f"the prompt has {len(prompt_ids)} tokens, longer than the context length "
+                             f"of {self.info.context_length} tokens")
+        params.validate()
+        if params.n != 1:
+            raise ValueError("AsyncEngine.generate runs one sample; submit n requests for n > 1")
+        if request_id in self._streams:
+            raise ValueError(f"request id {request_id!r} is already running")
+        if self._dead is not None:
+            yield self._error_output(request_id, len(prompt_ids), self._dead)
+            return
+        stream = _Stream(asyncio.Queue(), IncrementalDetokenizer(self.tokenizer, params))
+        self._streams[request_id] = stream
+        finished = False
+        try:
+            await self._to_engine.send_pyobj(("add", request_id, list(prompt_ids), params))
+            while not finished:
+                output = await stream.queue.get()
+                finished = output.finished
+                yield output
+        finally:
+            if not finished:
+                self._streams.pop(request_id, None)
+                if self._dead is None:
+                    await self._to_engine.send_pyobj(("abort", request_id))
+
+    async def abort(self, request_id: str) -> None:
+        if self._dead is None:
+            await self._to_engine.send_pyobj(("abort", request_id))
+
+    async def shutdown(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            await self._to_engine.send_pyobj(("shutdown",))
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, self._process.wait, 10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+        if self._reader is not None:
+            self._reader.cancel()
+            try:
+                await self._reader
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
+                pass
+        self._fail_all("the engine was shut down")
+        self._to_engine.close(linger=0)
+        self._from_engine.close(linger=0)
+        self._context.term()
+        shutil.rmtree(self._socket_dir, ignore_errors=True)
+
+    # ---- the output side ---------------------------------------------------------------------
+    def _error_output(self, request_id: str, prompt_tokens: int, error: str) -> StreamOutput:
+        return StreamOutput(request_id, [], "", None, prompt_tokens, 0, 0, finished=True, error=error)
+
+    def _fail_all(self, error: str) -> None:
+        if self._dead is None:
+            self._dead = error
+        for request_id, stream in self._streams.items():
+            stream.queue.put_nowait(self._error_output(request_id, 0, error))
+        self._streams.clear()
+
+    async def _read_outputs(self) -> None:
+        try:
+            while True:
+                if not await self._from_engine.poll(_LIVENESS_POLL_MS):
+                    if self._process.poll() is not None:
+                        self._fail_all(f"the engine process died (exit code {self._process.returncode})")
+                        return
+                    continue
+                message = await self._from_engine.recv_pyobj()
+                if message[0] == "fatal":
+                    logger.error("engine process failed:\n%s", message[1])
+                    self._fail_all(f"the engine process failed: {message[1].strip().splitlines()[-1]}")
+                    return
+                if message[0] == "outputs":
+                    _, deltas, self._stats = message
+                    for delta in deltas:
+                        self._deliver(delta)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # noqa: BLE001 - a broken reader must not leave streams hanging
+            logger.exception("engine output reader failed")
+            self._fail_all(f"engine output reader failed: {error!r}")
+
+    def _deliver(self, delta: RequestDelta) -> None:
+        stream = self._streams.get(delta.request_id)
+        if stream is None:
+            return  # aborted on this side already
+        if delta.error is not None:
+            output = self._error_output(delta.request_id, delta.prompt_tokens, delta.error)
+        else:
+            text = stream.detokenizer.feed(delta.new_token_ids, delta.finished, delta.matched_stop)
+            output = StreamOutput(
+                request_id=delta.request_id, new_token_ids=delta.new_token_ids, new_text=text,
+                new_logprobs=delta.new_logprobs, prompt_tokens=delta.prompt_tokens,
+                completion_tokens=delta.completion_tokens, cached_tokens=delta.cached_tokens,
+                finished=delta.finished, finish_reason=delta.finish_reason, matched_stop=delta.matched_stop)
+        if output.finished:
+            del self._streams[delta.request_id]
+        stream.queue.put_nowait(output)

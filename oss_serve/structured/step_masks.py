@@ -1,0 +1,178 @@
+"""Token masks for one engine step, computed on a worker thread while the forward runs.
+
+`StructuredDecoding.begin_step` is called once the batch is scheduled: every constrained
+request's next-token rule is already known (it depends only on tokens taken so far), so the
+grammar masks are filled in parallel by llguidance's thread pool (which drops the GIL) while the
+model computes the logits. The sampler then waits for the masks (usually long done) and applies
+them to the rows that need them in one vectorized masked_fill.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import torch
+from llguidance import LLExecutor, LLTokenizer
+
+from oss_serve.harmony import encoding as harmony_ids
+from oss_serve.structured.constraint import BannedStep, ForcedStep, GrammarStep, RequestConstraint
+from oss_serve.structured.grammar import load_tokenizer
+from oss_serve.structured.spec import StructuredOutput
+
+if TYPE_CHECKING:
+    from oss_serve.engine.request import Request
+
+logger = logging.getLogger(__name__)
+# Few threads fill 64 masks well inside a forward; more would compete with the thread that
+# launches the forward's kernels.
+MASK_THREADS = 4
+_GRAMMAR_END_WORD, _GRAMMAR_END_BIT = divmod(harmony_ids.RETURN, 32)
+
+
+@dataclass
+class StepMasks:
+    """The masks of one step's sampled rows, keyed by request (by identity)."""
+    vocab_size: int
+    device: torch.device
+    grammar_rows: dict[int, int] = field(default_factory=dict)  # id(request) -> row in the bitmask
+    forced: dict[int, int] = field(default_factory=dict)  # id(request) -> the only allowed token
+    banned: dict[int, tuple[int, ...]] = field(default_factory=dict)  # id(request) -> disallowed tokens
+    # Grammar rows' disallowed tokens: packed int32 bits on the way to a GPU, unpacked bools on CPU.
+    disallowed: Future[np.ndarray] | None = None
+
+    def apply(self, logits: torch.Tensor, requests: Sequence[Request]) -> torch.Tensor:
+        """Set every disallowed token of these requests to -inf, in place (the sampler owns the
+        step's logits; the raw logprobs were taken before)."""
+        grammar_rows, mask_rows, forced_rows, forced_tokens, banned_rows, banned_tokens = [], [], [], [], [], []
+        for row, request in enumerate(requests):
+            key = id(request)
+            if key in self.grammar_rows:
+                grammar_rows.append(row)
+                mask_rows.append(self.grammar_rows[key])
+            elif key in self.forced:
+                forced_rows.append(row)
+                forced_tokens.append(self.forced[key])
+            elif key in self.banned:
+                banned_rows.extend([row] * len(self.banned[key]))
+                banned_tokens.extend(self.banned[key])
+        device = logits.device
+        if grammar_rows:
+            assert self.disallowed is not None
+            disallowed = torch.from_numpy(self.disallowed.result())
+            if device.type == "cpu":
+                disallowed = disallowed.view(torch.bool)
+            else:
+                disallowed = unpack_bits(disallowed.to(device, non_blocking=True), self.vocab_size)
+            if mask_rows != list(range(len(mask_rows))):
+                disallowed = disallowed[mask_rows]
+            if grammar_rows == list(range(logits.shape[0])):  # the usual case: no gather, one pass
+                logits.masked_fill_(disallowed, float("-inf"))
+            else:
+                rows = torch.tensor(grammar_rows, device=device)
+                logits[rows] = logits[rows].masked_fill(disallowed, float("-inf"))
+        if forced_rows:
+            rows = torch.tensor(forced_rows, device=device)
+            tokens = torch.tensor(forced_tokens, device=device)
+            kept = logits[rows, tokens]
+            logits[rows] = float("-inf")
+            logits[rows, tokens] = torch.nan_to_num(kept, neginf=0.0)  # never -inf: it must stay pickable
+        if banned_rows:
+            logits[torch.tensor(banned_rows, device=device), torch.tensor(banned_tokens, device=device)] = float("-inf")
+        return logits
+
+
+@functools.cache
+def _bit_shifts(device: torch.device) -> torch.Tensor:
+    return torch.arange(32, dtype=torch.int32, device=device)
+
+
+def unpack_bits(packed: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """[rows, words] int32 bitmask (bit i of word w = token 32w+i) -> [rows, vocab] bool, on the GPU."""
+    bits = (packed.unsqueeze(-1) >> _bit_shifts(packed.device)) & 1
+    return bits.view(packed.shape[0], -1)[:, :vocab_size].bool()
+
+
+class StructuredDecoding:
+    """The engine's side of structured outputs: makes request constraints and each step's masks."""
+
+    def __init__(self, tokenizer_json: Path, vocab_size: int, eos_token_ids: Sequence[int],
+                 device: torch.device) -> None:
+        self._tokenizer_json = tokenizer_json
+        self.vocab_size = vocab_size
+        self._eos_token_ids = tuple(eos_token_ids)
+        self._device = device
+        self._worker: ThreadPoolExecutor | None = None
+        self._executor: LLExecutor | None = None
+
+    @property
+    def tokenizer(self) -> LLTokenizer:
+        return load_tokenizer(self._tokenizer_json, self.vocab_size)
+
+    def new_constraint(self, spec: StructuredOutput, prompt_ids: Sequence[int], max_new_tokens: int
+                       ) -> RequestConstraint:
+        """Raises GrammarError (a ValueError) when a grammar does not compile."""
+        return RequestConstraint(spec, prompt_ids, self.tokenizer, max_new_tokens, self._eos_token_ids)
+
+    def begin_step(self, requests: Sequence[Request]) -> StepMasks | None:
+        """Start computing the masks of the requests about to be sampled; each constrained
+        request's `step_masks` points at the result until its token is taken."""
+        constrained = [request for request in requests if request.constraint is not None]
+        if not constrained:
+            return None
+        masks = StepMasks(self.vocab_size, self._device)
+        grammar_steps: list[GrammarStep] = []
+        for request in constrained:
+            step = request.constraint.next_step_mask()
+            key = id(request)
+            if isinstance(step, GrammarStep):
+                masks.grammar_rows[key] = len(grammar_steps)
+                grammar_steps.append(step)
+            elif isinstance(step, ForcedStep):
+                masks.forced[key] = step.token
+            elif isinstance(step, BannedStep):
+                masks.banned[key] = step.tokens
+            request.step_masks = masks
+        if grammar_steps:
+            if self._worker is None:
+                self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grammar-masks")
+                self._executor = LLExecutor(num_threads=MASK_THREADS)
+            masks.disallowed = self._worker.submit(self._fill, grammar_steps)
+        return masks
+
+    def _fill(self, steps: list[GrammarStep]) -> np.ndarray:
+        assert self._executor is not None
+        words = (self.vocab_size + 31) // 32
+        bitmask = np.zeros((len(steps), words), dtype=np.int32)
+        for step in steps:
+            if step.catch_up and not step.matcher.consume_tokens(list(step.catch_up)):
+                logger.warning("grammar rejected a sampled token (%s); ending that content", step.matcher.get_error())
+        self._executor.unsafe_compute_mask_ptr([(step.matcher, row) for row, step in enumerate(steps)],
+                                               bitmask.ctypes.data, words * 4, len(steps))
+        # The usual row (the answer, matcher fine, something allowed) is done; others move the end
+        # bit to their terminator (a call's `<|call|>`, raw EOS) or, when stuck, allow only it.
+        end_bit = np.int32(1 << _GRAMMAR_END_BIT) if _GRAMMAR_END_BIT < 31 else np.int32(-(1 << 31))
+        grammar_done = (bitmask[:, _GRAMMAR_END_WORD] & end_bit) != 0
+        stuck = ~bitmask.any(axis=1)
+        for row, step in enumerate(steps):
+            failed = step.matcher.is_error()
+            if step.terminator == harmony_ids.RETURN and not failed and not stuck[row]:
+                continue  # the end bit is already where it belongs
+            bitmask[row, _GRAMMAR_END_WORD] &= ~end_bit
+            if grammar_done[row] or failed or stuck[row]:
+                word, bit = divmod(step.terminator, 32)
+                bitmask[row, word] |= np.int32(1 << bit) if bit < 31 else np.int32(-(1 << 31))
+        np.invert(bitmask, out=bitmask)  # masked_fill wants the disallowed tokens
+        if self._device.type == "cpu":  # unpack here, off the critical path
+            return np.unpackbits(bitmask.view(np.uint8), axis=1, count=self.vocab_size, bitorder="little")
+        return bitmask
+
+
+def apply_step_masks(logits: torch.Tensor, requests: Sequence[Request]) -> torch.Tensor:
+    """The sampler's hook: `logits` with the step's masks applied (the same tensor when none)."""
+    masks = next((request.step_masks for request in requests if request.step_masks is not None), None)
+    return logits if masks is None else masks.apply(logits, requests)

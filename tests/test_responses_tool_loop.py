@@ -1,0 +1,530 @@
+"""/v1/responses tool loops, driven deterministically, in process (httpx ASGI transport + the SDK).
+
+`ScriptedModelDouble` is a test double of the *model's output only*: each engine request (one
+loop step) "generates" the next hand-written harmony script. A random-weight model cannot be made
+to call a tool, so this is how the loop is checked. Everything else is real: the python tool
+(sandbox / uv backend), the browser tool against the Exa test double of test_tools_browser.py, a
+local MCP server built with the `mcp` package. The double also plays the engine's prefix cache
+(cached = longest prefix shared with an earlier request's prompt + output), which checks that each
+loop step's prompt continues the previous one token for token.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, AsyncIterator, Iterator
+
+import httpx
+import openai
+import pytest
+from openai.types.responses import Response, ResponseStreamEvent
+from pydantic import TypeAdapter
+
+from oss_serve.api.app import build_app
+from oss_serve.api.engine_client import Generator
+from oss_serve.api.responses.service import ResponsesService
+from oss_serve.api.responses.store import ResponseStore
+from oss_serve.api.state import ServingState
+from oss_serve.engine.outputs import StreamOutput
+from oss_serve.engine.sampling_params import SamplingParams
+from oss_serve.server_args import ServerArgs
+from oss_serve.tools.base import ToolServer
+from oss_serve.tools.browser_backends import ExaBackend
+from oss_serve.tools.browser_tool import BrowserToolServer
+from oss_serve.tools.python_backends import SandboxBackend, UvBackend
+from oss_serve.tools.python_tool import PythonToolServer
+from oss_serve.tools.tool_group import ToolServerGroup
+from test_tools_browser import API_KEY as EXA_KEY
+from test_tools_browser import ExaDouble
+from test_tools_mcp import SERVER_SCRIPT, free_port, start_server, stop_server
+
+MODEL = "scripted-gpt-oss"
+CONTEXT_LENGTH = 8192
+EVENT = TypeAdapter(ResponseStreamEvent)
+WEATHER = {"type": "function", "name": "get_weather", "description": "Gets the weather",
+           "parameters": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]}}
+
+PYTHON_CALL = ("<|channel|>analysis<|message|>Compute it.<|end|>"
+               "<|start|>assistant<|channel|>analysis to=python code<|message|>print(6 * 7)<|call|>")
+FINAL_42 = "<|channel|>final<|message|>The answer is 42.<|return|>"
+
+
+class ScriptedModelDouble:
+    """Engine stand-in whose 'model' writes the given harmony scripts, one per request."""
+
+    def __init__(self, encoding: Any, scripts: list[str]) -> None:
+        self.encoding = encoding
+        self.scripts = list(scripts)
+        self.prompts: list[list[int]] = []
+        self.sequences: list[list[int]] = []  # prompt + output of every request: the "prefix cache"
+
+    def _cached(self, prompt: list[int]) -> int:
+        best = 0
+        for sequence in self.sequences:
+            shared = 0
+            for a, b in zip(sequence, prompt):
+                if a != b:
+                    break
+                shared += 1
+            best = max(best, shared)
+        return min(best, len(prompt) - 1)
+
+    async def generate(self, prompt_ids: list[int], params: SamplingParams,
+                       request_id: str) -> AsyncIterator[StreamOutput]:
+        self.prompts.append(list(prompt_ids))
+        cached = self._cached(prompt_ids)
+        script = self.scripts.pop(0) if self.scripts else FINAL_42
+        script_ids = self.encoding.encode(script, allowed_special="all")
+        produced: list[int] = []
+        try:
+            for position in range(0, len(script_ids), 2):
+                await asyncio.sleep(0)
+                chunk: list[int] = []
+                finish = None
+                for token_id in script_ids[position:position + 2]:
+                    chunk.append(token_id)
+                    produced.append(token_id)
+                    if token_id in params.stop_token_ids:
+                        finish = "stop"
+                        break
+                    if params.max_new_tokens is not None and len(produced) >= params.max_new_tokens:
+                        finish = "length"
+                        break
+                if finish is None and len(produced) == len(script_ids):
+                    finish = "stop"
+                yield StreamOutput(request_id, chunk, "", None, len(prompt_ids), len(produced), cached,
+                                   finished=finish is not None, finish_reason=finish)  # type: ignore[arg-type]
+                if finish is not None:
+                    return
+        finally:
+            self.sequences.append(list(prompt_ids) + produced)
+
+    async def abort(self, request_id: str) -> None:
+        return None
+
+    def stats(self) -> dict[str, float]:
+        return {}
+
+
+def make_app(encoding: Any, scripts: list[str], tool_server: ToolServer | None = None,
+             store: ResponseStore | None = None) -> tuple[Any, ScriptedModelDouble]:
+    engine = ScriptedModelDouble(encoding, scripts)
+    args = ServerArgs(model_path="/models/gpt-oss", served_model_name=MODEL, response_store=":memory:")
+    state = ServingState(server_args=args, engine=engine, generator=Generator(engine), tokenizer=None,  # type: ignore[arg-type]
+                         context_length=CONTEXT_LENGTH, model_name=MODEL, ready=True)
+    app = build_app(state)
+    # The route set is the real one; the service gets the test's tools (started here) and store.
+    app.state.responses.tool_server = tool_server
+    app.state.responses.store = store or ResponseStore(":memory:")
+    return app, engine
+
+
+def sdk_for(app: Any) -> tuple[httpx.AsyncClient, openai.AsyncOpenAI]:
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test", timeout=60)
+    return http, openai.AsyncOpenAI(base_url="http://test/v1", api_key="none", http_client=http, max_retries=0)
+
+
+async def raw_events(http: httpx.AsyncClient, body: dict[str, Any]) -> list[Any]:
+    """The SSE stream, each event checked against the openai schema and its `event:` line."""
+    events = []
+    async with http.stream("POST", "/v1/responses", json={**body, "stream": True}) as reply:
+        assert reply.status_code == 200, await reply.aread()
+        event_name = None
+        async for line in reply.aiter_lines():
+            if line.startswith("event: "):
+                event_name = line[len("event: "):]
+            elif line.startswith("data: "):
+                event = EVENT.validate_python(json.loads(line[len("data: "):]))
+                assert event.type == event_name
+                events.append(event)
+    return events
+
+
+def check_event_order(events: list[Any]) -> None:
+    """Numbering, framing and per-item nesting of a complete stream."""
+    assert [event.sequence_number for event in events] == list(range(len(events)))
+    assert events[0].type == "response.created" and events[1].type == "response.in_progress"
+    assert events[-1].type in ("response.completed", "response.incomplete", "response.failed")
+    open_items: set[int] = set()
+    done_items: set[int] = set()
+    for event in events[2:-1]:
+        index = getattr(event, "output_index", None)
+        if event.type == "response.output_item.added":
+            assert index not in open_items and index not in done_items
+            open_items.add(index)
+        elif event.type == "response.output_item.done":
+            open_items.remove(index)
+            done_items.add(index)
+        else:
+            assert index in open_items, event.type
+    assert not open_items
+    final = events[-1].response
+    assert len(final.output) == len(done_items)
+
+
+def python_tool() -> PythonToolServer:
+    for backend_class in (SandboxBackend, UvBackend):
+        if backend_class.unavailable_reason() is None:
+            return PythonToolServer(backend_class(), timeout_s=20)
+    pytest.skip("no python tool backend (sandbox or uv) on this machine")
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+# --- python (code_interpreter) ---
+
+def test_python_loop_items_events_usage_and_prefix_reuse(harmony_encoding: Any) -> None:
+    app, engine = make_app(harmony_encoding, [PYTHON_CALL, FINAL_42], python_tool())
+    body = {"model": MODEL, "input": "What is 6*7?", "tools": [{"type": "code_interpreter", "container": {"type": "auto"}}],
+            "include": ["code_interpreter_call.outputs"]}
+
+    async def go() -> tuple[Response, list[Any]]:
+        http, sdk = sdk_for(app)
+        response = await sdk.responses.create(**body)
+        engine.scripts = [PYTHON_CALL, FINAL_42]
+        return response, await raw_events(http, body)
+
+    response, events = run(go())
+    Response.model_validate(response.model_dump())
+    assert [item.type for item in response.output] == ["reasoning", "code_interpreter_call", "message"]
+    reasoning, call, message = response.output
+    assert reasoning.content[0].text == "Compute it."
+    assert call.code == "print(6 * 7)" and call.status == "completed"
+    assert call.outputs[0].type == "logs" and call.outputs[0].logs.strip() == "42"
+    assert response.output_text == "The answer is 42." and response.status == "completed"
+    assert len({item.id for item in response.output}) == 3
+
+    # Step 2's prompt is step 1's prompt + its output + the tool message: all of it cached.
+    first_prompt, second_prompt = engine.prompts[0], engine.prompts[1]
+    step_one_output = harmony_encoding.encode(PYTHON_CALL, allowed_special="all")
+    assert second_prompt[:len(first_prompt) + len(step_one_output)] == first_prompt + step_one_output
+    assert "<|start|>python to=assistant<|channel|>analysis<|message|>42" in harmony_encoding.decode(second_prompt)
+    usage = response.usage
+    final_output = harmony_encoding.encode(FINAL_42, allowed_special="all")
+    assert usage.input_tokens == len(first_prompt) + len(second_prompt)
+    assert usage.input_tokens_details.cached_tokens == len(first_prompt) + len(step_one_output)
+    assert usage.output_tokens == len(step_one_output) + len(final_output)
+    assert usage.output_tokens_details.reasoning_tokens == (len(harmony_encoding.encode("Compute it."))
+                                                            + len(harmony_encoding.encode("print(6 * 7)")))
+    assert usage.total_tokens == usage.input_tokens + usage.output_tokens
+
+    check_event_order(events)
+    kinds = [event.type for event in events]
+    code_events = [k for k in kinds if k.startswith("response.code_interpreter_call")]
+    assert code_events[0] == "response.code_interpreter_call.in_progress"
+    assert code_events[-3:] == ["response.code_interpreter_call_code.done", "response.code_interpreter_call.interpreting",
+                                "response.code_interpreter_call.completed"]
+    assert "".join(e.delta for e in events if e.type == "response.code_interpreter_call_code.delta") == "print(6 * 7)"
+    assert "".join(e.delta for e in events if e.type == "response.reasoning_text.delta") == "Compute it."
+    assert events[-1].response.usage.output_tokens == usage.output_tokens
+
+
+def test_tool_failure_becomes_tool_output_and_loop_goes_on(harmony_encoding: Any) -> None:
+    failing = ("<|channel|>analysis to=python code<|message|>raise ValueError('boom')<|call|>")
+    app, engine = make_app(harmony_encoding, [failing, FINAL_42], python_tool())
+
+    async def go() -> Response:
+        _, sdk = sdk_for(app)
+        return await sdk.responses.create(model=MODEL, input="x", tools=[{"type": "code_interpreter", "container": "auto"}],
+                                          include=["code_interpreter_call.outputs"])
+
+    response = run(go())
+    assert response.status == "completed" and response.output_text == "The answer is 42."
+    assert "ValueError: boom" in response.output[0].outputs[0].logs
+    assert "ValueError: boom" in harmony_encoding.decode(engine.prompts[1])
+
+
+def test_max_tool_calls_tells_the_model_then_ends_incomplete(harmony_encoding: Any) -> None:
+    call = "<|channel|>analysis to=python code<|message|>print(1)<|call|>"
+    app, engine = make_app(harmony_encoding, [call, call, call, FINAL_42], python_tool())
+
+    async def go() -> Response:
+        _, sdk = sdk_for(app)
+        return await sdk.responses.create(model=MODEL, input="x", tools=[{"type": "code_interpreter", "container": "auto"}],
+                                          max_tool_calls=1)
+
+    response = run(go())
+    assert response.status == "incomplete" and response.incomplete_details.reason == "max_messages"
+    assert len(engine.prompts) == 3
+    assert "Tool call limit reached" in harmony_encoding.decode(engine.prompts[2])
+    assert [item.status for item in response.output] == ["completed", "incomplete", "incomplete"]
+
+
+def test_max_output_tokens_ends_incomplete(harmony_encoding: Any) -> None:
+    app, _ = make_app(harmony_encoding, [FINAL_42])
+
+    async def go() -> Response:
+        _, sdk = sdk_for(app)
+        return await sdk.responses.create(model=MODEL, input="x", max_output_tokens=5)
+
+    response = run(go())
+    assert response.status == "incomplete" and response.incomplete_details.reason == "max_output_tokens"
+    assert response.usage.output_tokens == 5 and response.output[0].status == "incomplete"
+
+
+# --- browser (web_search) ---
+
+@pytest.fixture(scope="module")
+def exa_url() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ExaDouble)
+    server.requests = []  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_browser_loop_web_search_items_and_url_citations(harmony_encoding: Any, exa_url: str) -> None:
+    browser = BrowserToolServer(ExaBackend(EXA_KEY, base_url=exa_url), allow_private=True, timeout_s=5)
+    scripts = [
+        '<|channel|>analysis to=browser.search <|constrain|>json<|message|>{"query": "sea otters"}<|call|>',
+        '<|channel|>analysis to=browser.open <|constrain|>json<|message|>{"id": 0, "cursor": 0}<|call|>',
+        '<|channel|>analysis to=browser.find <|constrain|>json<|message|>{"pattern": "urchins"}<|call|>',
+        "<|channel|>final<|message|>Sea otters eat urchins 【1†L3-L4】 and more.<|return|>",
+    ]
+    app, _ = make_app(harmony_encoding, list(scripts), browser)
+    body = {"model": MODEL, "input": "What do otters eat?", "tools": [{"type": "web_search_preview"}]}
+
+    async def go() -> tuple[Response, list[Any]]:
+        http, sdk = sdk_for(app)
+        response = await sdk.responses.create(**body)
+        app.state.responses.state.engine.scripts = list(scripts)
+        return response, await raw_events(http, body)
+
+    response, events = run(go())
+    assert [item.type for item in response.output] == ["web_search_call"] * 3 + ["message"]
+    search, opened, found, message = response.output
+    assert search.action.type == "search" and search.action.query == "sea otters"
+    assert opened.action.type == "open_page" and opened.action.url.endswith("/pages/otters.html")
+    assert found.action.type == "find_in_page" and found.action.pattern == "urchins"
+    text = message.content[0]
+    assert "【" not in text.text and "/pages/otters.html" in text.text
+    annotation = text.annotations[0]
+    assert annotation.type == "url_citation" and annotation.title == "Sea otters"
+    assert text.text[annotation.start_index:annotation.end_index].endswith("/pages/otters.html))")
+
+    check_event_order(events)
+    deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+    assert all("【" not in delta for delta in deltas) and "".join(deltas) == text.text
+    assert [e.type for e in events if e.type.startswith("response.web_search_call")] == [
+        "response.web_search_call.in_progress", "response.web_search_call.searching",
+        "response.web_search_call.completed"] * 3
+    added = [e for e in events if e.type == "response.output_text.annotation.added"]
+    assert len(added) == 1 and added[0].annotation.url == annotation.url
+
+
+# --- MCP ---
+
+@pytest.fixture(scope="module")
+def calc_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    script = tmp_path_factory.mktemp("mcp") / "calc_server.py"
+    script.write_text(SERVER_SCRIPT)
+    port = free_port()
+    process = start_server(script, port)
+    yield f"http://127.0.0.1:{port}/sse"
+    stop_server(process)
+
+
+def test_request_level_mcp_tool_calls_and_errors(harmony_encoding: Any, calc_url: str) -> None:
+    scripts = ['<|channel|>commentary to=calc.add <|constrain|>json<|message|>{"a": 2, "b": 3}<|call|>',
+               '<|channel|>commentary to=calc.explode <|constrain|>json<|message|>{}<|call|>',
+               FINAL_42]
+    app, engine = make_app(harmony_encoding, list(scripts))
+    body = {"model": MODEL, "input": "add", "tools": [{"type": "mcp", "server_label": "calc", "server_url": calc_url,
+                                                       "require_approval": "never"}]}
+
+    async def go() -> tuple[Response, list[Any]]:
+        http, sdk = sdk_for(app)
+        response = await sdk.responses.create(**body)
+        engine.scripts = list(scripts)
+        return response, await raw_events(http, body)
+
+    response, events = run(go())
+    assert [item.type for item in response.output] == ["mcp_list_tools", "mcp_call", "mcp_call", "message"]
+    listed, added, exploded, _ = response.output
+    assert {tool.name for tool in listed.tools} == {"add", "explode", "slow"}
+    assert (added.server_label, added.name, json.loads(added.arguments), added.output) == (
+        "calc", "add", {"a": 2, "b": 3}, "sum: 5")
+    assert exploded.status == "failed" and exploded.error is not None and exploded.output is None
+    assert "calc" in harmony_encoding.decode(engine.prompts[0])  # the namespace was shown to the model
+    check_event_order(events)
+    mcp_kinds = [e.type for e in events if e.type.startswith("response.mcp_call")]
+    assert mcp_kinds[:2] == ["response.mcp_call.in_progress", "response.mcp_call_arguments.delta"]
+    assert "response.mcp_call.completed" in mcp_kinds and mcp_kinds[-1] == "response.mcp_call.failed"
+
+
+# --- function tools, conversation, tool_choice, validation ---
+
+FUNCTION_CALL = ('<|channel|>analysis<|message|>Need weather.<|end|><|start|>assistant<|channel|>commentary '
+                 'to=functions.get_weather <|constrain|>json<|message|>{"location": "Paris"}<|call|>')
+
+
+def test_function_call_roundtrip_with_previous_response_id(harmony_encoding: Any) -> None:
+    app, engine = make_app(harmony_encoding, [FUNCTION_CALL, "<|channel|>final<|message|>Sunny.<|return|>"])
+    body = {"model": MODEL, "input": "Weather in Paris?", "tools": [WEATHER]}
+
+    async def go() -> tuple[Response, Response, list[Any]]:
+        http, sdk = sdk_for(app)
+        first = await sdk.responses.create(**body)
+        call = first.output[-1]
+        second = await sdk.responses.create(model=MODEL, previous_response_id=first.id, tools=[WEATHER],
+                                            input=[{"type": "function_call_output", "call_id": call.call_id,
+                                                    "output": "sunny, 24C"}])
+        engine.scripts = [FUNCTION_CALL]
+        return first, second, await raw_events(http, body)
+
+    first, second, events = run(go())
+    assert [item.type for item in first.output] == ["reasoning", "function_call"]
+    call = first.output[1]
+    assert call.name == "get_weather" and json.loads(call.arguments) == {"location": "Paris"}
+    assert call.call_id.startswith("call_") and call.status == "completed" and first.status == "completed"
+    assert second.output_text == "Sunny."
+    second_prompt = harmony_encoding.decode(engine.prompts[1])
+    assert "<|start|>functions.get_weather to=assistant<|channel|>commentary<|message|>sunny, 24C<|end|>" in second_prompt
+    assert "Need weather." in second_prompt  # the turn is not finished: its reasoning stays
+    check_event_order(events)
+    arguments = [e for e in events if e.type.startswith("response.function_call_arguments")]
+    assert "".join(e.delta for e in arguments[:-1]) == '{"location": "Paris"}'
+    assert arguments[-1].type == "response.function_call_arguments.done"
+    assert arguments[-1].arguments == '{"location": "Paris"}'
+
+
+def test_finished_turn_reasoning_is_dropped_on_continuation(harmony_encoding: Any) -> None:
+    first_script = "<|channel|>analysis<|message|>Secret thoughts.<|end|><|start|>assistant" + FINAL_42
+    app, engine = make_app(harmony_encoding, [first_script, FINAL_42])
+
+    async def go() -> None:
+        _, sdk = sdk_for(app)
+        first = await sdk.responses.create(model=MODEL, input="q1")
+        await sdk.responses.create(model=MODEL, input="q2", previous_response_id=first.id)
+
+    run(go())
+    second_prompt = harmony_encoding.decode(engine.prompts[1])
+    assert "Secret thoughts." not in second_prompt
+    assert "q1" in second_prompt and "The answer is 42." in second_prompt and "q2" in second_prompt
+
+
+def test_tool_choice_is_enforced_by_prefill(harmony_encoding: Any) -> None:
+    app, engine = make_app(harmony_encoding, ['{"location": "Oslo"}<|call|>', FINAL_42])
+
+    async def go() -> tuple[Response, Response]:
+        _, sdk = sdk_for(app)
+        named = await sdk.responses.create(model=MODEL, input="x", tools=[WEATHER],
+                                           tool_choice={"type": "function", "name": "get_weather"})
+        none = await sdk.responses.create(model=MODEL, input="x", tools=[WEATHER], tool_choice="none")
+        return named, none
+
+    named, _ = run(go())
+    assert harmony_encoding.decode(engine.prompts[0]).endswith("to=functions.get_weather <|constrain|>json<|message|>")
+    assert named.output[0].type == "function_call" and named.output[0].arguments == '{"location": "Oslo"}'
+    assert "get_weather" not in harmony_encoding.decode(engine.prompts[1])
+
+
+def test_reasoning_effort_three_ways(harmony_encoding: Any) -> None:
+    app, engine = make_app(harmony_encoding, [FINAL_42] * 4)
+
+    async def go() -> None:
+        _, sdk = sdk_for(app)
+        await sdk.responses.create(model=MODEL, input="x", reasoning={"effort": "high"})
+        await sdk.responses.create(model=MODEL, input="x", extra_body={"reasoning_effort": "low"})
+        await sdk.responses.create(model=MODEL, input="x", instructions="Be brief.\nReasoning: high")
+        await sdk.responses.create(model=MODEL, input="x")
+
+    run(go())
+    prompts = [harmony_encoding.decode(prompt) for prompt in engine.prompts]
+    assert "Reasoning: high" in prompts[0] and "Reasoning: low" in prompts[1]
+    assert "Reasoning: high" in prompts[2] and "Be brief." in prompts[2] and "Reasoning: high" not in prompts[2].split(
+        "# Instructions")[-1]
+    assert "Reasoning: medium" in prompts[3]
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ({"tools": [{"type": "code_interpreter", "container": "auto"}]}, "--tool-server"),
+    ({"tools": [{"type": "web_search_preview"}]}, "'web_search_preview'"),
+    ({"text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "strin"}}}}, "text.format.schema"),
+    ({"tools": [WEATHER], "tool_choice": {"type": "function", "name": "nope"}}, "nope"),
+    ({"previous_response_id": "resp_missing"}, "resp_missing"),
+    ({"input": [{"type": "function_call_output", "call_id": "c1", "output": "x"}]}, "call_id"),
+])
+def test_bad_requests_are_400_naming_the_problem(harmony_encoding: Any, body: dict, fragment: str) -> None:
+    app, _ = make_app(harmony_encoding, [])
+
+    async def go() -> httpx.Response:
+        http, _ = sdk_for(app)
+        return await http.post("/v1/responses", json={"model": MODEL, "input": "x", **body})
+
+    reply = run(go())
+    assert reply.status_code == 400, reply.text
+    assert fragment in reply.json()["error"]["message"]
+
+
+def test_store_survives_a_new_app_on_the_same_file(harmony_encoding: Any, tmp_path: Path) -> None:
+    path = str(tmp_path / "responses.sqlite3")
+    app, _ = make_app(harmony_encoding, [FINAL_42], store=ResponseStore(path))
+
+    async def create() -> str:
+        _, sdk = sdk_for(app)
+        return (await sdk.responses.create(model=MODEL, input="x")).id
+
+    response_id = run(create())
+    app.state.responses.store.close()
+    reopened, _ = make_app(harmony_encoding, [], store=ResponseStore(path))
+
+    async def read() -> tuple[Response, list[Any]]:
+        _, sdk = sdk_for(reopened)
+        response = await sdk.responses.retrieve(response_id)
+        items = await sdk.responses.input_items.list(response_id)
+        return response, items.data
+
+    response, items = run(read())
+    assert response.output_text == "The answer is 42." and items[0].content[0].text == "x"
+
+
+def test_store_ttl_and_cap_evict() -> None:
+    store = ResponseStore(":memory:", max_responses=2)
+    for number in range(3):
+        store.save(f"r{number}", float(number) + 1e9, "{}", "[]", "{}")
+    assert store.get("r0") is None and store.get("r2") is not None and store.count() == 2
+    expiring = ResponseStore(":memory:", ttl_seconds=60)
+    expiring.save("old", 1.0, "{}", "[]", "{}")
+    assert expiring.get("old") is None
+
+
+def test_background_cancel_stops_the_loop(harmony_encoding: Any) -> None:
+    slow = "<|channel|>analysis to=python code<|message|>import time; time.sleep(30)<|call|>"
+    app, _ = make_app(harmony_encoding, [slow], python_tool())
+
+    async def go() -> tuple[Response, Response, Response]:
+        _, sdk = sdk_for(app)
+        queued = await sdk.responses.create(model=MODEL, input="x", background=True,
+                                            tools=[{"type": "code_interpreter", "container": "auto"}])
+        for _ in range(200):
+            if (await sdk.responses.retrieve(queued.id)).status == "in_progress":
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)
+        cancelled = await sdk.responses.cancel(queued.id)
+        return queued, cancelled, await sdk.responses.retrieve(queued.id)
+
+    queued, cancelled, retrieved = run(go())
+    assert queued.status == "queued" and queued.background is True
+    assert cancelled.status == "cancelled" and retrieved.status == "cancelled"
+    assert isinstance(app.state.responses, ResponsesService)
+
+
+def test_tool_group_shows_only_the_requested_namespaces(harmony_encoding: Any, exa_url: str) -> None:
+    group = ToolServerGroup([python_tool(), BrowserToolServer(ExaBackend(EXA_KEY, base_url=exa_url))])
+    app, engine = make_app(harmony_encoding, [FINAL_42], group)
+
+    async def go() -> None:
+        _, sdk = sdk_for(app)
+        await sdk.responses.create(model=MODEL, input="x", tools=[{"type": "code_interpreter", "container": "auto"}])
+
+    run(go())
+    prompt = harmony_encoding.decode(engine.prompts[0])
+    assert "## python" in prompt and "## browser" not in prompt
