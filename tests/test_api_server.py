@@ -219,3 +219,12 @@ def test_metrics(http: httpx.Client) -> None:
     for name in ("oss_serve:generation_tokens_total", "oss_serve:time_to_first_token_seconds",
                  "oss_serve:inter_token_latency_seconds", "oss_serve:num_queue_reqs", "oss_serve:token_usage"):
         assert name in text
+
+
+def test_flush_cache_empties_the_prefix_cache(http: httpx.Client) -> None:
+    body = {"input_ids": list(range(1000, 1100)), "sampling_params": {"max_new_tokens": 2, "temperature": 0}}
+    http.post("/generate", json=body).raise_for_status()
+    assert http.post("/generate", json=body).json()["meta_info"]["cached_tokens"] > 0
+    assert http.post("/flush_cache").status_code == 200
+    time.sleep(0.5)  # the engine empties the cache between steps
+    assert http.post("/generate", json=body).json()["meta_info"]["cached_tokens"] == 0

@@ -158,6 +158,13 @@ class AsyncEngine:
         if self._dead is None:
             await self._to_engine.send_pyobj(("abort", request_id))
 
+    async def flush_cache(self) -> bool:
+        """Empty the prefix cache; False while requests run (the engine checks again before it clears)."""
+        if self._dead is not None or self._streams or self._stats.get("num_running") or self._stats.get("num_waiting"):
+            return False
+        await self._to_engine.send_pyobj(("flush",))
+        return True
+
     async def shutdown(self) -> None:
         if self._process is not None and self._process.poll() is None:
             await self._to_engine.send_pyobj(("shutdown",))

@@ -249,6 +249,14 @@ class EngineCore:
     def has_work(self) -> bool:
         return self.scheduler.has_work
 
+    def flush_cache(self) -> bool:
+        """Drop every prefix-cached page; refused (False) while requests run, as SGLang does."""
+        if self.has_work:
+            return False
+        if self.scheduler.prefix_cache is not None:
+            self.scheduler.prefix_cache.clear()
+        return True
+
     def stats(self) -> dict[str, float]:
         stats = self.scheduler.stats()
         stats["num_full_tokens"] = self.scheduler.full_pool.num_pages * self.args.page_size

@@ -2,6 +2,7 @@
 
 Wire protocol (pickled tuples; the caller binds both ipc sockets, this process connects):
   caller -> engine (PUSH/PULL): ("add", request_id, prompt_ids, SamplingParams) | ("abort", request_id)
+  | ("flush",)
                                 | ("shutdown",)
   engine -> caller (PUSH/PULL): ("ready", EngineInfo) | ("outputs", [RequestDelta], stats)
                                 | ("fatal", traceback text)
@@ -71,6 +72,8 @@ def _serve(core, inbox: zmq.Socket, outbox: zmq.Socket, parent_pid: int) -> None
                     except ValueError as error:
                         deltas.append(RequestDelta(request_id, [], None, len(prompt_ids), 0, 0, True,
                                                    error=str(error)))
+                elif kind == "flush":
+                    core.flush_cache()
                 elif kind == "abort":
                     delta = core.abort(message[1])
                     if delta is not None:

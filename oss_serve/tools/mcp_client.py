@@ -16,6 +16,7 @@ from typing import Any
 import openai_harmony
 
 from oss_serve.tools.base import ToolCallDetails, ToolResult, ToolServer, ToolSession, split_recipient
+from oss_serve.tools.python_tool import code_from_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -168,13 +169,20 @@ class McpToolServer(ToolServer):
         async with self._connect_lock:
             await self._disconnect()
 
+    @property
+    def is_python_like_builtin(self) -> bool:
+        """A server named `python` whose one tool is `python` stands in for the built-in python tool:
+        the model sees the same bare namespace as with `--tool-server demo`, calls recipient `python`
+        and writes raw code, which goes to the tool as {"code": ...} (gpt-oss's own convention)."""
+        return self.namespace == "python" and [t.name for t in self.tools] == ["python"]
+
     def namespaces(self) -> list[openai_harmony.ToolNamespaceConfig]:
         if not self.namespace:
             return []
-        return [openai_harmony.ToolNamespaceConfig(
-            name=self.namespace, description=self.instructions or None,
-            tools=[openai_harmony.ToolDescription.new(t.name, t.description, parameters=t.input_schema)
-                   for t in self.tools])]
+        tools = [] if self.is_python_like_builtin else [
+            openai_harmony.ToolDescription.new(t.name, t.description, parameters=t.input_schema) for t in self.tools]
+        return [openai_harmony.ToolNamespaceConfig(name=self.namespace, description=self.instructions or None,
+                                                   tools=tools)]
 
     def list_tools_for_api(self) -> list[dict[str, Any]]:
         """The `tools` of a Responses `mcp_list_tools` item."""
@@ -182,6 +190,8 @@ class McpToolServer(ToolServer):
 
     def has_tool(self, recipient: str) -> bool:
         namespace, tool = split_recipient(recipient)
+        if tool is None and self.is_python_like_builtin:
+            return namespace == "python"
         return namespace == self.namespace and any(t.name == tool for t in self.tools)
 
     async def open_session(self) -> "McpSession":
@@ -189,6 +199,8 @@ class McpToolServer(ToolServer):
 
     async def call_tool(self, recipient: str, arguments: str) -> ToolResult:
         _, tool = split_recipient(recipient)
+        if tool is None and self.is_python_like_builtin:
+            tool, arguments = "python", json.dumps({"code": code_from_arguments(arguments)})
         details = ToolCallDetails(kind="mcp", server_label=self.namespace, tool_name=tool)
 
         def failure(message: str) -> ToolResult:

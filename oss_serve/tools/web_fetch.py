@@ -86,6 +86,17 @@ class PageFetcher:
         except TimeoutError:
             raise FetchError(f"Fetching {url} timed out after {self.timeout_s:g} seconds.") from None
 
+    def _check_connected_peer(self, url: str, response: httpx.Response) -> None:
+        """The address actually connected to must pass the same check: httpx resolves the name
+        again, and a DNS answer that changed since check_url_allowed (rebinding) would otherwise
+        hand an internal page to the model."""
+        if self.allow_private:
+            return
+        stream = response.extensions.get("network_stream")
+        peer = stream.get_extra_info("server_addr") if stream is not None else None
+        if peer and not is_public_address(str(peer[0])):
+            raise FetchRefused(f"Refusing to open {url}: it connected to a private or local address ({peer[0]}).")
+
     async def _fetch(self, url: str) -> FetchedPage:
         # trust_env off: a proxy from the environment would bypass the address check.
         async with httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False, trust_env=False,
@@ -94,6 +105,7 @@ class PageFetcher:
                 await check_url_allowed(url, self.allow_private)
                 try:
                     async with client.stream("GET", url) as response:
+                        self._check_connected_peer(url, response)
                         if response.is_redirect and "location" in response.headers:
                             url = urljoin(url, response.headers["location"])
                             continue

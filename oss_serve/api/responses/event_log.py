@@ -38,7 +38,8 @@ class EventLog:
 
     async def follow(self, starting_after: int | None = None) -> AsyncIterator[BaseModel]:
         """Events after `starting_after` (all when None), then new ones until the log closes."""
-        position = 0 if starting_after is None else starting_after + 1
+        # A negative starting_after (a client's typo) means from the start, not from the end.
+        position = 0 if starting_after is None else max(0, starting_after + 1)
         while True:
             changed = self._changed
             while position < len(self.events):

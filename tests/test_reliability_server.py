@@ -1,0 +1,168 @@
+"""The real server under load, dropped clients, hostile HTTP and a dying engine (loopback only).
+
+Load and disconnects run benchmarks/soak.py in its short mode (the long runs are the same script
+with bigger numbers, see docs/reliability.md); the rest drives one server started here with an
+API key, a small body limit and a queue limit.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from soak import ServerUnderTest, start_server  # noqa: E402
+
+API_KEY = "sk-reliability-" + "7" * 24
+MAX_REQUEST_BYTES = 64 * 1024
+
+
+def test_load_disconnect_and_mixed_soak_short(tiny_ckpt: Path) -> None:
+    """150 streams at once against a pool of about 50 with a queue of 20; 60 dropped streams;
+    10 s of mixed traffic. The script's own verdicts, plus the figures that matter here."""
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "soak.py"), "--model-path", str(tiny_ckpt),
+                          "--scenario", "all", "--short", "--max-queued", "20", "--api-key", API_KEY],
+                         capture_output=True, text=True, timeout=240, cwd=REPO)
+    summary = json.loads(run.stdout[run.stdout.index("{"):])
+    load, disconnect, mixed = summary["results"]
+    assert load["completed"] + load["refused_503"] == load["requests"], load
+    assert load["refused_503"] > 0 and load["completed"] > 0, load
+    assert load["refused_without_retry_after"] == 0 and load["hung"] == 0, load
+    assert load["leaked_kv_pages_after"] <= load["leaked_kv_pages_before"], load
+    assert load["health_failures"] == 0 and load["health_max_ms"] < 2000, load  # 2 shared cores here
+    assert load["rss_within_10_percent"], load  # the HTTP process
+    assert load["total_rss_growth_percent"] < 25, load  # with the engine: first-burst allocator growth
+    assert disconnect["ok"], disconnect
+    assert mixed["server_errors_5xx"] == 0 and mixed["ok"], mixed
+    assert summary["server_exit_code"] == 0, run.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def guarded_server(tiny_ckpt: Path) -> Iterator[ServerUnderTest]:
+    server = start_server(str(tiny_ckpt), ["--max-total-tokens", "2048", "--context-length", "512",
+                                           "--max-request-bytes", str(MAX_REQUEST_BYTES), "--enable-metrics",
+                                           "--response-store", ":memory:", "--log-level", "debug"], API_KEY)
+    yield server
+    server.stop()
+
+
+def _routes() -> list[tuple[str, str]]:
+    from oss_serve.api.app import OPEN_ROUTES
+    from oss_serve.api.app import build_app
+    from oss_serve.api.state import ServingState
+    from oss_serve.server_args import ServerArgs
+
+    class NoEngine:
+        def stats(self) -> dict:
+            return {}
+
+    app = build_app(ServingState(ServerArgs(model_path="m"), NoEngine(), None, None, 1, "m"), None)  # type: ignore[arg-type]
+    def flattened(routes: list) -> list:
+        # Included routers appear as one entry wrapping their own routes (newer FastAPI).
+        return [leaf for route in routes
+                for leaf in (flattened(route.original_router.routes) if hasattr(route, "original_router") else [route])]
+
+    routes = []
+    for route in flattened(app.routes):
+        for method in sorted(getattr(route, "methods", None) or []):
+            if route.path not in OPEN_ROUTES and method != "HEAD":
+                routes.append((method, route.path.replace("{response_id}", "resp_x")))
+    return routes
+
+
+def test_every_route_but_health_needs_the_key(guarded_server: ServerUnderTest) -> None:
+    routes = _routes() + [("GET", "/metrics"), ("GET", "/no/such/route")]
+    assert len(routes) >= 15
+    wrong_keys = [None, "Bearer", "Bearer x", f"Bearer {API_KEY[:-1]}", f"Bearer {API_KEY}x", f"bearer {API_KEY}",
+                  API_KEY, f"Bearer {API_KEY.upper()}", f"Basic {API_KEY}"]
+    with httpx.Client(base_url=guarded_server.base_url, timeout=30) as client:
+        assert client.get("/health").status_code == 200
+        for method, path in routes:
+            for key in wrong_keys:
+                headers = {"Authorization": key} if key is not None else {}
+                response = client.request(method, path, headers=headers, json={})
+                assert response.status_code == 401, (method, path, key, response.status_code)
+                assert response.json()["error"]["type"] == "authentication_error"
+        assert client.get("/v1/models", headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 200
+
+
+def test_the_key_is_never_shown(guarded_server: ServerUnderTest) -> None:
+    with httpx.Client(base_url=guarded_server.base_url, headers={"Authorization": f"Bearer {API_KEY}"},
+                      timeout=60) as client:
+        info = client.get("/get_server_info").text
+        client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 2})
+        client.post("/v1/completions", json={"prompt": 5})  # a 400 logs its error
+        metrics = client.get("/metrics").text
+    time.sleep(0.5)
+    assert API_KEY not in info and API_KEY not in metrics
+    assert API_KEY not in "".join(guarded_server.log)  # debug logging, access log on
+
+
+def test_key_comparison_is_constant_time() -> None:
+    import inspect
+
+    from oss_serve.api import app
+
+    source = inspect.getsource(app.GuardMiddleware)
+    assert "hmac.compare_digest" in source and "== self.expected" not in source
+
+
+def test_oversized_bodies_get_413(guarded_server: ServerUnderTest) -> None:
+    headers = {"Authorization": f"Bearer {API_KEY}", "content-type": "application/json"}
+    big = json.dumps({"prompt": "x" * (MAX_REQUEST_BYTES + 10), "max_tokens": 1}).encode()
+
+    def chunked():
+        for start in range(0, len(big), 4096):
+            yield big[start:start + 4096]
+
+    with httpx.Client(base_url=guarded_server.base_url, timeout=60) as client:
+        declared = client.post("/v1/completions", content=big, headers=headers)
+        streamed = client.post("/v1/chat/completions", content=chunked(), headers=headers)  # no Content-Length
+        fine = client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 1}, headers=headers)
+    assert declared.status_code == 413 and "limit" in declared.json()["error"]["message"]
+    assert streamed.status_code == 413, streamed.text
+    assert fine.status_code == 200
+
+
+def _engine_pid(server: ServerUnderTest) -> int:
+    from soak import _descendants
+
+    for pid in _descendants(server.process.pid):  # type: ignore[union-attr]
+        if "engine_process" in Path(f"/proc/{pid}/cmdline").read_text():
+            return pid
+    raise AssertionError("no engine process found")
+
+
+def test_engine_killed_mid_request_gives_503_then_the_server_exits_nonzero(tiny_ckpt: Path) -> None:
+    server = start_server(str(tiny_ckpt), ["--max-total-tokens", "2048", "--context-length", "512",
+                                           "--response-store", ":memory:"], None)
+    try:
+        with httpx.Client(base_url=server.base_url, timeout=60) as client, \
+                httpx.Client(base_url=server.base_url, timeout=60) as streaming_client:
+            body = {"prompt": "Count", "max_tokens": 400, "ignore_eos": True, "stream": True}
+            with streaming_client.stream("POST", "/v1/completions", json=body) as stream:
+                lines = stream.iter_lines()
+                assert next(line for line in lines if line.startswith("data:"))
+                os.kill(_engine_pid(server), signal.SIGKILL)
+                rest = [line for line in lines if line.startswith("data:")]
+            errors = [json.loads(line[6:])["error"] for line in rest if line != "data: [DONE]" and "error" in line]
+            assert errors and "engine" in errors[0]["message"] and errors[0]["code"] == 503, rest[-3:]
+            assert rest[-1] == "data: [DONE]"
+            health = client.get("/health")
+            new = client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 2})
+            assert health.status_code == 503
+            assert new.status_code == 503 and "engine" in new.json()["error"]["message"], new.text
+        assert server.process.wait(timeout=60) == 1  # type: ignore[union-attr]
+        assert any("engine process is gone" in line for line in server.log)
+    finally:
+        if server.process.poll() is None:  # type: ignore[union-attr]
+            server.process.kill()  # type: ignore[union-attr]
