@@ -13,7 +13,7 @@ Scenarios
   that many tokens or be refused with 503 + Retry-After; none may hang. /health is timed
   throughout; server memory (server + engine RSS) is compared before and after.
 - disconnect: N streams dropped at random points (before the first byte, mid-stream). The KV
-  pool must come back to its starting level (after /flush_cache, which drops cached prefixes).
+  pool must come back to its starting level (pages held by cached prefixes are not counted).
 - mixed: completions, chat, responses (stored, background + cancel, streamed and dropped) for a
   duration: no 5xx, no leaked KV pages, no leaked child processes (tool sandboxes).
 
@@ -147,7 +147,7 @@ async def engine_stats(client: httpx.AsyncClient) -> dict[str, Any]:
 async def leaked_kv_pages(client: httpx.AsyncClient, timeout_s: float = 60) -> int:
     """Full-attention KV pages in use by no request and no prefix-cache entry, once nothing runs.
     (Each cache entry holds one full page; with nothing running, every used page is one of
-    those. /flush_cache is not used: the process engine does not implement it yet.)"""
+    those, so the cache can stay warm.)"""
     deadline = time.monotonic() + timeout_s
     while True:
         stats = await engine_stats(client)

@@ -103,6 +103,7 @@ async def serve(args: ServerArgs) -> int:
     """Runs until SIGTERM (returns 0) or the engine dies (returns EXIT_ENGINE_DIED)."""
     engine = _create_engine(args)
     await engine.start()
+    app = None
     try:
         state = build_state(args, engine)
         metrics = ServerMetrics(engine.stats) if args.enable_metrics else None
@@ -114,21 +115,33 @@ async def serve(args: ServerArgs) -> int:
                                 access_log=args.log_level == "debug")
         server = GracefulServer(config)
         serving = asyncio.create_task(server.serve())
-        while not server.started:
-            if serving.done():
-                serving.result()  # re-raise why it could not start (port in use, ...)
-                raise RuntimeError("the HTTP server stopped before it started")
-            await asyncio.sleep(0.05)
-        watchdog = asyncio.create_task(_stop_when_engine_dies(engine, server))
-        await _warm_up(args)
-        state.ready = True
-        logger.info(READY_LINE)
-        await serving
-        engine_died = watchdog.done() and watchdog.result()
-        watchdog.cancel()
-        return EXIT_ENGINE_DIED if engine_died else 0
+        watchdog: asyncio.Task[bool] | None = None
+        try:
+            while not server.started:
+                if serving.done():
+                    serving.result()  # re-raise why it could not start (port in use, ...)
+                    raise RuntimeError("the HTTP server stopped before it started")
+                await asyncio.sleep(0.05)
+            watchdog = asyncio.create_task(_stop_when_engine_dies(engine, server))
+            await _warm_up(args)
+            state.ready = True
+            logger.info(READY_LINE)
+            await serving
+            engine_died = watchdog.done() and watchdog.result()
+            return EXIT_ENGINE_DIED if engine_died else 0
+        finally:
+            # Also when warm-up failed: neither task may outlive serve().
+            server.should_exit = True
+            tasks = [task for task in (serving, watchdog) if task is not None and not task.done()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
     finally:
-        await engine.shutdown()
+        try:
+            if app is not None:
+                await app.state.responses.aclose()  # the --tool-server processes/connections and the store
+        finally:
+            await engine.shutdown()
 
 
 def main(argv: list[str] | None = None) -> int:

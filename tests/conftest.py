@@ -65,3 +65,14 @@ def tiny_mxfp4_ckpt(tmp_path_factory: pytest.TempPathFactory, tokenizer_json_pat
     from oss_serve.testing.make_checkpoint import make_checkpoint
 
     return make_checkpoint(tmp_path_factory.mktemp("tiny_mxfp4_ckpt"), preset="tiny", mxfp4=True, seed=0)
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """Tiny matmuls gain nothing from a second thread but synchronisation, and the test box is shared."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

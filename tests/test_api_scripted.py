@@ -7,6 +7,7 @@ checked end to end. The real engine path is tested in test_api_server.py.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from typing import AsyncIterator
 
@@ -323,3 +324,61 @@ def test_native_endpoints(harmony_encoding) -> None:
         metrics = (await http.get("/metrics")).text
         assert "oss_serve:generation_tokens_total" in metrics and "time_to_first_token_seconds" in metrics
     run(go())
+
+
+def test_metrics_route_label_is_the_route_template(harmony_encoding) -> None:
+    app, _ = _app(harmony_encoding, api_key="sekret")
+    auth = {"Authorization": "Bearer sekret"}
+
+    async def go() -> str:
+        http, _ = _clients(app)
+        assert (await http.get("/v1/responses/resp_abc123", headers=auth)).status_code == 404
+        assert (await http.get("/random-scan-path-1", headers=auth)).status_code == 404
+        assert (await http.get("/random-scan-path-2")).status_code == 401
+        return (await http.get("/metrics", headers=auth)).text
+
+    metrics = run(go())
+    assert 'route="/v1/responses/{response_id}",status="404"' in metrics
+    assert 'route="other",status="404"' in metrics and 'route="other",status="401"' in metrics
+    assert "resp_abc123" not in metrics and "random-scan-path" not in metrics
+
+
+def test_cut_tool_call_keeps_the_engine_finish_reason(harmony_encoding) -> None:
+    app, _ = _app(harmony_encoding, TOOL_CALL)
+    cut = len(harmony_encoding.encode(TOOL_CALL, allowed_special="all")) - 2  # before `<|call|>`
+
+    async def go():
+        _, sdk = _clients(app)
+        return await sdk.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}],
+                                                 tools=[WEATHER_TOOL], max_tokens=cut)
+
+    assert run(go()).choices[0].finish_reason == "length"
+
+
+class FailingTokenSource(ScriptedTokenSource):
+    """Produces one chunk, then fails as an engine bug would."""
+
+    async def generate(self, prompt_ids, params, request_id):
+        async for output in super().generate(prompt_ids, params, request_id):
+            yield dataclasses.replace(output, finished=False, finish_reason=None)
+            raise RuntimeError("engine exploded")
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True}),
+    ("/v1/completions", {"model": MODEL, "prompt": "hi", "stream": True}),
+    ("/generate", {"text": "hi", "stream": True}),
+])
+def test_stream_ends_with_an_error_event_on_unexpected_failure(harmony_encoding, path: str, body: dict) -> None:
+    app, _ = _app(harmony_encoding)
+    app.state.serving.generator.engine = FailingTokenSource(harmony_encoding)
+
+    async def go() -> list[str]:
+        http, _ = _clients(app)
+        reply = await http.post(path, json=body)
+        return [line async for line in reply.aiter_lines() if line.startswith("data:")]
+
+    lines = run(go())
+    assert lines[-1] == "data: [DONE]"
+    error = json.loads(lines[-2][5:])["error"]
+    assert error["type"] == "server_error" and error["code"] == 500 and "engine exploded" in error["message"]

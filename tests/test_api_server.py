@@ -141,7 +141,8 @@ def test_named_tool_choice_always_calls_that_function(sdk: openai.OpenAI) -> Non
                                         tools=[WEATHER_TOOL], max_tokens=8, temperature=0,
                                         tool_choice={"type": "function", "function": {"name": "get_weather"}})
     choice = reply.choices[0]
-    assert choice.finish_reason == "tool_calls"
+    # "tool_calls" only for a finished call; max_tokens=8 may cut the (random-weight) arguments short.
+    assert choice.finish_reason in ("tool_calls", "length")
     assert choice.message.tool_calls[0].function.name == "get_weather"
 
 
@@ -226,5 +227,4 @@ def test_flush_cache_empties_the_prefix_cache(http: httpx.Client) -> None:
     http.post("/generate", json=body).raise_for_status()
     assert http.post("/generate", json=body).json()["meta_info"]["cached_tokens"] > 0
     assert http.post("/flush_cache").status_code == 200
-    time.sleep(0.5)  # the engine empties the cache between steps
     assert http.post("/generate", json=body).json()["meta_info"]["cached_tokens"] == 0

@@ -13,13 +13,7 @@ from oss_serve.generate import generate_ids
 GREEDY = SamplingParams(max_new_tokens=8, temperature=0, ignore_eos=True)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny matmuls: a second thread only adds synchronisation, and the test box is shared.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def random_prompts(count: int, low: int, high: int, seed: int = 0) -> list[list[int]]:

@@ -6,18 +6,12 @@ import random
 from pathlib import Path
 
 import pytest
-import torch
 
 from oss_serve import LLM, SamplingParams
 from oss_serve.engine.detokenizer import IncrementalDetokenizer
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import socket
 import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
 
@@ -21,6 +20,7 @@ import openai_harmony  # noqa: E402
 
 from oss_serve.tools.mcp_client import McpToolServer  # noqa: E402
 from oss_serve.tools.python_backends import SandboxBackend, UvBackend  # noqa: E402
+from exa_search_double import SearchDouble
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO_ROOT / "examples" / "mcp"
@@ -84,23 +84,6 @@ def python_example_address() -> Iterator[str]:
                                      "--tool-timeout", "20")
     yield address
     stop(process)
-
-
-class SearchDouble(BaseHTTPRequestHandler):
-    """Stands in for Exa's /search (a paid API)."""
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def do_POST(self) -> None:
-        request = json.loads(self.rfile.read(int(self.headers["content-length"])))
-        body = json.dumps({"results": [{"url": "https://example.org/otters", "title": "Otters",
-                                        "summary": f"About {request['query']}."}]}).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
 
 @pytest.fixture(scope="module")

@@ -528,3 +528,135 @@ def test_tool_group_shows_only_the_requested_namespaces(harmony_encoding: Any, e
     run(go())
     prompt = harmony_encoding.decode(engine.prompts[0])
     assert "## python" in prompt and "## browser" not in prompt
+
+
+# --- lifecycle: delete, tool server start failures, request MCP cleanup, echoes ---
+
+class _StubTools(ToolServer):
+    """A tool server that records start/aclose; `fail` makes start() raise."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.started = self.closed = False
+
+    def namespaces(self) -> list[Any]:
+        return []
+
+    def has_tool(self, recipient: str) -> bool:
+        return False
+
+    async def start(self) -> None:
+        await asyncio.sleep(0.01 if self.fail else 0)
+        if self.fail:
+            raise RuntimeError("no backend")
+        self.started = True
+
+    async def open_session(self) -> Any:
+        raise AssertionError("not used")
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def test_deleting_a_running_background_response_keeps_it_deleted(harmony_encoding: Any) -> None:
+    app, engine = make_app(harmony_encoding, [FINAL_42])
+    inner = engine.generate
+
+    async def slow_generate(*args: Any) -> AsyncIterator[StreamOutput]:
+        await asyncio.sleep(30)  # still running when it is deleted
+        async for output in inner(*args):
+            yield output
+
+    engine.generate = slow_generate  # type: ignore[method-assign]
+
+    async def go() -> int:
+        http, sdk = sdk_for(app)
+        queued = await sdk.responses.create(model=MODEL, input="x", background=True)
+        for _ in range(200):
+            if (await sdk.responses.retrieve(queued.id)).status == "in_progress":
+                break
+            await asyncio.sleep(0.01)
+        assert (await http.delete(f"/v1/responses/{queued.id}")).status_code == 200
+        await asyncio.sleep(0.05)
+        assert app.state.responses.store.get(queued.id) is None
+        return (await http.get(f"/v1/responses/{queued.id}")).status_code
+
+    assert run(go()) == 404
+
+
+def test_tool_group_start_failure_closes_the_started_servers() -> None:
+    good, bad = _StubTools(), _StubTools(fail=True)
+    with pytest.raises(RuntimeError, match="no backend"):
+        run(ToolServerGroup([good, bad]).start())
+    assert good.started and good.closed and bad.closed
+
+
+def test_tool_server_start_failure_is_closed_and_503(harmony_encoding: Any,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    app, _ = make_app(harmony_encoding, [])
+    built: list[_StubTools] = []
+    monkeypatch.setattr("oss_serve.api.responses.service.build_tool_server",
+                        lambda args: built.append(_StubTools(fail=True)) or built[-1])
+    app.state.responses._tools_started = False
+
+    async def go() -> list[int]:
+        http, _ = sdk_for(app)
+        return [(await http.post("/v1/responses", json={"model": MODEL, "input": "x"})).status_code
+                for _ in range(2)]
+
+    assert run(go()) == [503, 503]
+    assert len(built) == 2 and all(server.closed for server in built)
+    store = app.state.responses.store
+    run(app.state.responses.aclose())
+    assert app.state.responses._store is None and store is not None
+
+
+class _StubMcp:
+    instances: list["_StubMcp"] = []
+
+    def __init__(self, url: str, **_: Any) -> None:
+        self.url = url
+        self.started = self.closed = False
+        _StubMcp.instances.append(self)
+
+    async def start(self) -> None:
+        from oss_serve.tools.mcp_client import McpConnectError
+        self.started = True
+        raise McpConnectError("half-connected, then refused")
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def test_request_mcp_server_is_closed_when_start_fails_or_the_request_is_bad(
+        harmony_encoding: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    app, _ = make_app(harmony_encoding, [])
+    monkeypatch.setattr("oss_serve.api.responses.tool_setup.McpToolServer", _StubMcp)
+    _StubMcp.instances = []
+    mcp = {"type": "mcp", "server_label": "calc", "server_url": "http://127.0.0.1:1/sse"}
+
+    async def go(extra: dict[str, Any]) -> httpx.Response:
+        http, _ = sdk_for(app)
+        return await http.post("/v1/responses", json={"model": MODEL, "input": "x", "tools": [mcp], **extra})
+
+    reply = run(go({}))
+    assert reply.status_code == 400 and reply.json()["error"]["code"] == "mcp_connection_failed"
+    assert [server.closed for server in _StubMcp.instances] == [True]
+    reply = run(go({"max_reasoning_tokens": -1}))  # rejected before any MCP server is connected
+    assert reply.status_code == 400 and reply.json()["error"]["param"] == "max_reasoning_tokens"
+    assert len(_StubMcp.instances) == 1
+
+
+def test_text_format_is_echoed(harmony_encoding: Any) -> None:
+    app, _ = make_app(harmony_encoding, ['<|channel|>final<|message|>{"a": 1}<|return|>', FINAL_42])
+    schema_format = {"type": "json_schema", "name": "answer", "schema": {"type": "object"}}
+
+    async def go() -> tuple[Response, Response]:
+        _, sdk = sdk_for(app)
+        shaped = await sdk.responses.create(model=MODEL, input="x", text={"format": schema_format})
+        return shaped, await sdk.responses.create(model=MODEL, input="x")
+
+    shaped, plain = run(go())
+    assert shaped.text.format.type == "json_schema" and shaped.text.format.name == "answer"
+    assert shaped.text.format.schema_ == {"type": "object"}
+    assert plain.text.format.type == "text"

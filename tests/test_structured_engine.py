@@ -7,7 +7,6 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-import torch
 
 from oss_serve import LLM, SamplingParams
 from oss_serve.harmony import encoding as harmony_ids
@@ -21,12 +20,7 @@ from structured_schemas import SCHEMAS
 MAX_NEW_TOKENS = 96
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")

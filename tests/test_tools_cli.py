@@ -1,12 +1,11 @@
 """`oss-serve tools list|call`: what a user sees when inspecting and trying tool servers."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
 
@@ -14,6 +13,7 @@ import pytest
 
 from oss_serve import cli
 from oss_serve.tools.python_backends import SandboxBackend
+from exa_search_double import SearchDouble
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,23 +49,6 @@ def test_call_python_prints_exactly_the_tool_output(sandbox_available: None) -> 
     failing = oss_serve("tools", "call", "--tool-server", "demo", "--python-backend", "sandbox", "--tool-timeout", "1",
                         "python", "while True: pass")
     assert failing.returncode == 1 and "timed out after 1 seconds" in failing.stdout
-
-
-class SearchDouble(BaseHTTPRequestHandler):
-    """Stands in for Exa's /search (a paid API)."""
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def do_POST(self) -> None:
-        request = json.loads(self.rfile.read(int(self.headers["content-length"])))
-        body = json.dumps({"results": [{"url": "https://example.org/otters", "title": "Otters",
-                                        "summary": f"About {request['query']}."}]}).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
 
 @pytest.fixture

@@ -28,6 +28,10 @@ OPEN_ROUTES = frozenset({"/health"})
 # Routes that submit engine requests; --max-queued-requests counts and limits these.
 GENERATION_ROUTES = frozenset({"/v1/completions", "/v1/chat/completions", "/generate", "/v1/responses"})
 RETRY_AFTER_SECONDS = 1
+# Fixed paths a request may be labelled with in the metrics before routing has matched it.
+KNOWN_PATHS = OPEN_ROUTES | GENERATION_ROUTES | frozenset({
+    "/v1/models", "/health_generate", "/get_model_info", "/get_server_info", "/flush_cache",
+    "/separate_reasoning", "/parse_function_call", "/metrics"})
 
 
 class GuardMiddleware:
@@ -120,14 +124,26 @@ class GuardMiddleware:
         try:
             await self.app(scope, receive, counting_send)
         finally:
-            self.metrics.http_requests.labels(scope["path"], str(status_holder.get("status", 0))).inc()
+            self.metrics.http_requests.labels(_route_label(scope), str(status_holder.get("status", 0))).inc()
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send, status: int, message: str,
                       headers: dict[str, str] | None = None) -> None:
         response = JSONResponse(error_body(message, status), status_code=status, headers=headers)
         await response(scope, receive, send)
         if self.metrics is not None:
-            self.metrics.http_requests.labels(scope["path"], str(status)).inc()
+            self.metrics.http_requests.labels(_route_label(scope), str(status)).inc()
+
+
+def _route_label(scope: Scope) -> str:
+    """The matched route's template (`/v1/responses/{response_id}`), never the raw path: raw paths
+    (response ids, scanners' random 404s) would add a metric series each, forever. A request
+    rejected before routing is labelled by its path only when that is a known fixed route."""
+    route = scope.get("route")
+    template = getattr(route, "path", None)
+    if isinstance(template, str):
+        return template
+    path = scope.get("path", "")
+    return path if path in KNOWN_PATHS else "other"
 
 
 def build_app(state: ServingState, metrics: ServerMetrics | None = None) -> FastAPI:

@@ -1,6 +1,7 @@
 """POST /v1/chat/completions: harmony prompt in, reasoning / content / tool_calls out."""
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -19,13 +20,15 @@ from oss_serve.api.engine_client import until_disconnected
 from oss_serve.api.errors import APIError
 from oss_serve.api.protocol import ChatCompletionRequest
 from oss_serve.api.sampling import build_sampling_params, resolve_max_new_tokens
-from oss_serve.api.sse import DONE, sse_data
+from oss_serve.api.sse import DONE, internal_error, sse_data, sse_error
 from oss_serve.api.state import ServingState, new_id
 from oss_serve.api.usage import make_usage
 from oss_serve.engine.outputs import StreamOutput, TokenLogprob
 from oss_serve.engine.sampling_params import SamplingParams
 from oss_serve.harmony.encoding import get_harmony_encoding, stop_token_ids_for_assistant
 from oss_serve.harmony.parse import HarmonyOutputParser, ParseEvent
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -103,7 +106,9 @@ class _ChatChoice:
             parts.reasoning += tail.reasoning
             parts.content += tail.content
             parts.tool_calls += tail.tool_calls
-            self.finish_reason = "tool_calls" if self.tool_calls else output.finish_reason
+            # A call cut short by max_tokens or an abort is not a finished call: keep the engine's reason.
+            self.finish_reason = ("tool_calls" if self.tool_calls and output.finish_reason == "stop"
+                                  else output.finish_reason)
             self.matched_stop = output.matched_stop
         return parts
 
@@ -249,6 +254,8 @@ async def _stream_events(request: ChatCompletionRequest, state: ServingState,
             yield sse_data(ChatCompletionChunk(id=completion_id, object="chat.completion.chunk", created=created,
                                                model=state.model_name, choices=[], usage=usage()))  # type: ignore[operator]
     except APIError as error:
-        yield sse_data({"error": {"message": error.message, "type": "invalid_request_error",
-                                  "param": error.param, "code": error.status}})
+        yield sse_error(error)
+    except Exception as error:  # noqa: BLE001 - the stream ends with an error event, not cut
+        logger.exception("streamed request failed")
+        yield sse_error(internal_error(error))
     yield DONE

@@ -1,6 +1,7 @@
 """POST /v1/completions: raw text or token prompts, no harmony rendering."""
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator
@@ -14,11 +15,13 @@ from oss_serve.api.engine_client import until_disconnected
 from oss_serve.api.errors import APIError
 from oss_serve.api.protocol import CompletionRequest
 from oss_serve.api.sampling import build_sampling_params, resolve_max_new_tokens
-from oss_serve.api.sse import DONE, sse_data
+from oss_serve.api.sse import DONE, internal_error, sse_data, sse_error
 from oss_serve.api.state import ServingState, TextTokenizer, new_id
 from oss_serve.api.usage import make_usage
 from oss_serve.engine.outputs import StreamOutput, TokenLogprob
 from oss_serve.engine.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
 
 MAX_TOP_LOGPROBS = 20
 
@@ -138,8 +141,10 @@ async def create_completion(request: CompletionRequest, http_request: Request,
                 if include_usage:
                     yield sse_data(envelope([], usage=usage()))
             except APIError as error:
-                yield sse_data({"error": {"message": error.message, "type": "invalid_request_error",
-                                          "param": error.param, "code": error.status}})
+                yield sse_error(error)
+            except Exception as error:  # noqa: BLE001 - the stream ends with an error event, not cut
+                logger.exception("streamed request failed")
+                yield sse_error(internal_error(error))
             yield DONE
 
         return StreamingResponse(events(), media_type="text/event-stream")

@@ -71,6 +71,8 @@ def _validation_message(error: dict[str, Any]) -> str:
     param = _validation_param(tuple(error.get("loc", ())))
     if error.get("type") == "json_invalid":
         return f"Request body is not valid JSON: {error.get('ctx', {}).get('error', error.get('msg'))}"
+    if error.get("type") == "string_unicode" and param is None:  # e.g. a key that is a lone "\ud800"
+        return "Request body is not valid JSON text: it has a string with a lone surrogate escape (not valid Unicode)."
     return f"{param}: {error.get('msg')}" if param else str(error.get("msg"))
 
 

@@ -2,6 +2,7 @@
 parser API (/separate_reasoning, /parse_function_call)."""
 from __future__ import annotations
 
+import logging
 import dataclasses
 from typing import Any, AsyncIterator
 
@@ -13,12 +14,14 @@ from oss_serve.api.engine_client import until_disconnected
 from oss_serve.api.errors import APIError
 from oss_serve.api.protocol import GenerateRequest, ParseFunctionCallRequest, SeparateReasoningRequest
 from oss_serve.api.sampling import resolve_max_new_tokens
-from oss_serve.api.sse import DONE, sse_data
+from oss_serve.api.sse import DONE, internal_error, sse_data, sse_error
 from oss_serve.api.state import ServingState, new_id
 from oss_serve.api.structured_outputs import generate_structured_output
 from oss_serve.engine.outputs import StreamOutput
 from oss_serve.engine.sampling_params import SamplingParams
 from oss_serve.harmony.parse import parse_output_text
+
+logger = logging.getLogger(__name__)
 
 _SAMPLING_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
 _SAMPLING_ADAPTER = TypeAdapter(SamplingParams)
@@ -103,7 +106,10 @@ async def generate(request: GenerateRequest, http_request: Request, state: Servi
                     payload["index"] = index
                     yield sse_data(payload)
             except APIError as error:
-                yield sse_data({"error": {"message": error.message, "code": error.status}})
+                yield sse_error(error)
+            except Exception as error:  # noqa: BLE001 - the stream ends with an error event, not cut
+                logger.exception("streamed request failed")
+                yield sse_error(internal_error(error))
             yield DONE
         return StreamingResponse(events(), media_type="text/event-stream")
 

@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from oss_serve.api.errors import APIError, error_body
+
 DONE = b"data: [DONE]\n\n"
 # JSON leaves these unescaped, but clients that split lines like str.splitlines() (httpx's
 # aiter_lines among them) cut an event in two at them; as escapes they mean the same to a JSON parser.
@@ -27,3 +29,13 @@ def sse_data(payload: BaseModel | dict[str, Any]) -> bytes:
     else:
         body = json.dumps(payload, ensure_ascii=False)
     return b"data: " + escape_line_separators(body).encode() + b"\n\n"
+
+
+def sse_error(error: APIError) -> bytes:
+    """An error met mid-stream, in the same `{"error": {...}}` shape as a non-streamed error."""
+    return sse_data(error_body(error.message, error.status, error.param, error.code))
+
+
+def internal_error(error: Exception) -> APIError:
+    """What a stream reports for an unexpected exception (which the caller logs)."""
+    return APIError(f"Internal error: {type(error).__name__}: {error}", status=500)

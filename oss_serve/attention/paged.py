@@ -183,7 +183,7 @@ class PagedBatch:
     sliding_page_table: torch.Tensor
     full_slots: torch.Tensor  # int64 [T]: flat slot of each new token in the full pool
     sliding_slots: torch.Tensor  # int64 [T]: the same in the sliding pool
-    layout: BatchLayout
+    layout: BatchLayout | None  # None inside CUDA graphs, where only the device tensors are used
 
 
 class PagedAttentionBackend(AttentionBackend):
@@ -213,5 +213,4 @@ class PagedAttentionBackend(AttentionBackend):
             return paged_attention_gpu(q, k_cache, v_cache, table, batch.cu_q_lens, batch.seq_lens, sinks, scale,
                                        sliding_window or 0)
         return paged_attention(q, k_cache, v_cache, table, batch.cu_q_lens, batch.seq_lens, sinks, scale,
-                               sliding_window or 0, layout=batch.layout or BatchLayout.from_tensors(
-                                   batch.cu_q_lens, batch.seq_lens))
+                               sliding_window or 0, layout=batch.layout)

@@ -50,12 +50,9 @@ _LIVENESS_POLL_MS = 500
 
 @dataclass
 class _Stream:
+    request_id: str  # the caller's id; the engine knows the stream by a fresh id of its own
     queue: asyncio.Queue[StreamOutput]
     detokenizer: IncrementalDetokenizer
-
-
-class EngineDead(RuntimeError):
-    pass
 
 
 class AsyncEngine:
@@ -63,7 +60,11 @@ class AsyncEngine:
         self.args = args
         self.info: EngineInfo | None = None
         self.tokenizer = None
+        # Keyed by engine-side ids, unique per generate() call: a caller reusing an id right after
+        # aborting it must never receive the old request's late updates.
         self._streams: dict[str, _Stream] = {}
+        self._engine_ids: dict[str, str] = {}  # caller's request id -> engine-side id
+        self._flush_answers: list[asyncio.Future[bool]] = []  # in the order the flushes were sent
         self._stats: dict[str, Any] = {}
         self._dead: str | None = None
         self._process: subprocess.Popen | None = None
@@ -85,6 +86,22 @@ class AsyncEngine:
                                          stdin=subprocess.PIPE)
         self._process.stdin.write(pickle.dumps((self.args, self._input_address, self._output_address, os.getpid())))
         self._process.stdin.close()
+        try:
+            await self._wait_until_ready(timeout_s)
+        except BaseException:
+            # A half-started engine (possibly holding a GPU) must not outlive a failed start.
+            self._process.kill()
+            self._process.wait()
+            await self.shutdown()
+            raise
+        from oss_serve.tokenizer import Tokenizer
+
+        self.tokenizer = Tokenizer.from_pretrained(self.args.tokenizer_path or self.info.model_folder)
+        logger.info("engine ready: %d full-layer KV tokens, %d sliding-layer KV tokens, context %d",
+                    self.info.num_full_tokens, self.info.num_sliding_tokens, self.info.context_length)
+        self._reader = asyncio.create_task(self._read_outputs())
+
+    async def _wait_until_ready(self, timeout_s: float | None) -> None:
         loop = asyncio.get_running_loop()
         deadline = None if timeout_s is None else loop.time() + timeout_s
         while True:
@@ -92,19 +109,13 @@ class AsyncEngine:
                 message = await self._from_engine.recv_pyobj()
                 if message[0] == "ready":
                     self.info = message[1]
-                    break
+                    return
                 if message[0] == "fatal":
                     raise RuntimeError(f"the engine process failed to start:\n{message[1]}")
             elif self._process.poll() is not None:
                 raise RuntimeError(f"the engine process exited during start (exit code {self._process.returncode})")
             if deadline is not None and loop.time() > deadline:
                 raise TimeoutError("the engine process did not become ready in time")
-        from oss_serve.tokenizer import Tokenizer
-
-        self.tokenizer = Tokenizer.from_pretrained(self.args.tokenizer_path or self.info.model_folder)
-        logger.info("engine ready: %d full-layer KV tokens, %d sliding-layer KV tokens, context %d",
-                    self.info.num_full_tokens, self.info.num_sliding_tokens, self.info.context_length)
-        self._reader = asyncio.create_task(self._read_outputs())
 
     def default_sampling_params(self) -> SamplingParams:
         return copy.deepcopy(self.info.default_params)
@@ -134,36 +145,43 @@ class AsyncEngine:
         params.validate()
         if params.n != 1:
             raise ValueError("AsyncEngine.generate runs one sample; submit n requests for n > 1")
-        if request_id in self._streams:
+        if request_id in self._engine_ids:
             raise ValueError(f"request id {request_id!r} is already running")
         if self._dead is not None:
             yield self._error_output(request_id, len(prompt_ids), self._dead)
             return
-        stream = _Stream(asyncio.Queue(), IncrementalDetokenizer(self.tokenizer, params))
-        self._streams[request_id] = stream
+        engine_id = f"{request_id}#{uuid.uuid4().hex[:8]}"
+        stream = _Stream(request_id, asyncio.Queue(), IncrementalDetokenizer(self.tokenizer, params))
+        self._streams[engine_id] = stream
+        self._engine_ids[request_id] = engine_id
         finished = False
         try:
-            await self._to_engine.send_pyobj(("add", request_id, list(prompt_ids), params))
+            await self._to_engine.send_pyobj(("add", engine_id, list(prompt_ids), params))
             while not finished:
                 output = await stream.queue.get()
                 finished = output.finished
                 yield output
         finally:
+            self._engine_ids.pop(request_id, None)
             if not finished:
-                self._streams.pop(request_id, None)
+                self._streams.pop(engine_id, None)
                 if self._dead is None:
-                    await self._to_engine.send_pyobj(("abort", request_id))
+                    await self._to_engine.send_pyobj(("abort", engine_id))
 
     async def abort(self, request_id: str) -> None:
-        if self._dead is None:
-            await self._to_engine.send_pyobj(("abort", request_id))
+        engine_id = self._engine_ids.get(request_id)
+        if self._dead is None and engine_id is not None:
+            await self._to_engine.send_pyobj(("abort", engine_id))
 
     async def flush_cache(self) -> bool:
-        """Empty the prefix cache; False while requests run (the engine checks again before it clears)."""
-        if self._dead is not None or self._streams or self._stats.get("num_running") or self._stats.get("num_waiting"):
+        """Empty the prefix cache; False while requests run (as SGLang) or when the engine is gone.
+        Returns once the engine has answered, so what follows sees the empty cache."""
+        if self._dead is not None:
             return False
+        answer = asyncio.get_running_loop().create_future()
+        self._flush_answers.append(answer)
         await self._to_engine.send_pyobj(("flush",))
-        return True
+        return await answer
 
     async def shutdown(self) -> None:
         if self._process is not None and self._process.poll() is None:
@@ -191,8 +209,11 @@ class AsyncEngine:
     def _fail_all(self, error: str) -> None:
         if self._dead is None:
             self._dead = error
-        for request_id, stream in self._streams.items():
-            stream.queue.put_nowait(self._error_output(request_id, 0, error))
+        for stream in self._streams.values():
+            stream.queue.put_nowait(self._error_output(stream.request_id, 0, error))
+        for answer in self._flush_answers:
+            answer.set_result(False)
+        self._flush_answers.clear()
         self._streams.clear()
 
     async def _read_outputs(self) -> None:
@@ -208,6 +229,8 @@ class AsyncEngine:
                     logger.error("engine process failed:\n%s", message[1])
                     self._fail_all(f"the engine process failed: {message[1].strip().splitlines()[-1]}")
                     return
+                if message[0] == "flushed":
+                    self._flush_answers.pop(0).set_result(message[1])
                 if message[0] == "outputs":
                     _, deltas, self._stats = message
                     for delta in deltas:
@@ -223,11 +246,11 @@ class AsyncEngine:
         if stream is None:
             return  # aborted on this side already
         if delta.error is not None:
-            output = self._error_output(delta.request_id, delta.prompt_tokens, delta.error)
+            output = self._error_output(stream.request_id, delta.prompt_tokens, delta.error)
         else:
             text = stream.detokenizer.feed(delta.new_token_ids, delta.finished, delta.matched_stop)
             output = StreamOutput(
-                request_id=delta.request_id, new_token_ids=delta.new_token_ids, new_text=text,
+                request_id=stream.request_id, new_token_ids=delta.new_token_ids, new_text=text,
                 new_logprobs=delta.new_logprobs, prompt_tokens=delta.prompt_tokens,
                 completion_tokens=delta.completion_tokens, cached_tokens=delta.cached_tokens,
                 finished=delta.finished, finish_reason=delta.finish_reason, matched_stop=delta.matched_stop)

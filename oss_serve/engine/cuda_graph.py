@@ -3,7 +3,8 @@
 A decode step of a small batch is a few hundred tiny kernels; launching them one by one from Python
 costs more than running them. Every input of the step lives in a static buffer sized for the largest
 batch; a replay copies the step's inputs in, pads the unused rows so that they attend to one token
-of page 0 and write their k/v into a scratch page no request owns, and returns the logits rows.
+(read-only, through whatever valid page ids their table rows still hold) and write their k/v into a
+scratch page no request owns, and returns the logits rows.
 """
 from __future__ import annotations
 

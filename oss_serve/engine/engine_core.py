@@ -20,7 +20,7 @@ from oss_serve.engine.model_runner import ModelRunner
 from oss_serve.engine.outputs import TokenLogprob
 from oss_serve.engine.request import Request, RequestDelta, Status
 from oss_serve.engine.sampling_params import SamplingParams
-from oss_serve.engine.scheduler import ScheduledSeq, Scheduler, SchedulerConfig
+from oss_serve.engine.scheduler import Scheduler, SchedulerConfig
 from oss_serve.server_args import ServerArgs
 from oss_serve.structured.step_masks import StructuredDecoding
 
@@ -33,6 +33,9 @@ DEFAULT_CPU_KV_FRACTION = 0.2
 DEFAULT_GPU_MEM_FRACTION = 0.85
 DEFAULT_MAX_RUNNING_REQUESTS = 256
 DEFAULT_CUDA_GRAPH_MAX_BS = 256
+# A budget-sized KV pool smaller than this is a misconfiguration (the weights filled the device,
+# or the fraction is tiny), not something to serve with.
+MIN_KV_TOKENS = 1024
 
 
 def default_sampling_params(folder: Path | str) -> SamplingParams:
@@ -109,7 +112,11 @@ def plan_kv_pools(args: ServerArgs, layer_windows: list[int | None], num_kv_head
     full_pages = int((budget - sliding_cap * page_bytes * num_sliding_layers) // max(1, page_bytes * num_full_layers))
     if full_pages < sliding_cap:  # small budget: split evenly
         full_pages = int(budget // (page_bytes * len(layer_windows)))
-    full_pages = max(2, min(full_pages, full_cap))
+    if full_pages * ps < MIN_KV_TOKENS:
+        raise ValueError(f"the KV cache budget of {budget / 2**20:.1f} MiB holds only {max(full_pages, 0) * ps} tokens "
+                         f"({page_bytes * len(layer_windows)} bytes per {ps}-token page over all layers); raise "
+                         f"--mem-fraction-static or set --max-total-tokens")
+    full_pages = min(full_pages, full_cap)
     return full_pages, (min(full_pages, sliding_cap) if num_sliding_layers else 0)
 
 
@@ -183,7 +190,6 @@ class EngineCore:
                                              config.vocab_size, self.eos_token_ids, self.device)
         self._tokenizer = None
         self._requests: dict[str, Request] = {}
-        self._arrivals = 0
         self._seed_rng = random.Random(args.random_seed)
         self.step_times: list[tuple[float, float]] = []  # (whole step, forward) seconds, when profiling
         self.profile = False
@@ -221,8 +227,7 @@ class EngineCore:
         room = self.context_length - len(prompt_ids)
         max_new = room if params.max_new_tokens is None else min(params.max_new_tokens, room)
         seed = params.seed if params.seed is not None else self._seed_rng.getrandbits(63)
-        self._arrivals += 1
-        request = Request(request_id, list(prompt_ids), params, max_new, random.Random(seed), self._arrivals)
+        request = Request(request_id, list(prompt_ids), params, max_new, random.Random(seed))
         if params.structured is not None:  # compiles the grammars: a bad one fails here, as a ValueError
             request.constraint = self.structured.new_constraint(params.structured, prompt_ids, max_new)
         if params.stop:
@@ -317,7 +322,8 @@ class EngineCore:
     def _matched_stop_string(self, request: Request) -> str | None:
         longest = max(len(s) for s in request.params.stop)
         # A character spans at most 4 byte-level tokens; look back far enough to see any stop whole.
-        tail_ids = request.output_ids[-(4 * longest + 4):]
+        ids, num_prompt = request.token_ids, len(request.prompt_ids)
+        tail_ids = ids[max(num_prompt, len(ids) - (4 * longest + 4)):]  # no copy of the whole output
         tail = self.tokenizer.decode(tail_ids, skip_special_tokens=request.params.skip_special_tokens)
         # Only stops that end inside the newest token's text can be new.
         newest = len(self.tokenizer.decode(tail_ids[-1:], skip_special_tokens=request.params.skip_special_tokens))
@@ -352,9 +358,3 @@ class EngineCore:
         """Stop the tensor-parallel workers, if any (also done at interpreter exit)."""
         if self.tp is not None:
             self.tp.shutdown()
-
-    def run_until_idle(self) -> list[RequestDelta]:
-        deltas: list[RequestDelta] = []
-        while self.has_work:
-            deltas.extend(self.step())
-        return deltas

@@ -2,7 +2,7 @@
 
 Wire protocol (pickled tuples; the caller binds both ipc sockets, this process connects):
   caller -> engine (PUSH/PULL): ("add", request_id, prompt_ids, SamplingParams) | ("abort", request_id)
-  | ("flush",)
+  | ("flush",)   (answered at once with ("flushed", ok))
                                 | ("shutdown",)
   engine -> caller (PUSH/PULL): ("ready", EngineInfo) | ("outputs", [RequestDelta], stats)
                                 | ("fatal", traceback text)
@@ -72,8 +72,12 @@ def _serve(core, inbox: zmq.Socket, outbox: zmq.Socket, parent_pid: int) -> None
                     except ValueError as error:
                         deltas.append(RequestDelta(request_id, [], None, len(prompt_ids), 0, 0, True,
                                                    error=str(error)))
+                    except Exception as error:  # noqa: BLE001 - one bad request must not stop the engine
+                        logger.exception("request %s could not be added", request_id)
+                        deltas.append(RequestDelta(request_id, [], None, len(prompt_ids), 0, 0, True,
+                                                   error=f"the engine could not accept the request: {error!r}"))
                 elif kind == "flush":
-                    core.flush_cache()
+                    outbox.send_pyobj(("flushed", core.flush_cache()))
                 elif kind == "abort":
                     delta = core.abort(message[1])
                     if delta is not None:

@@ -90,12 +90,19 @@ class LLM:
         finished: dict[str, object] = {}
         token_ids: dict[str, list[int]] = {}
         logprobs: dict[str, list[TokenLogprob]] = {}
-        for samples in submitted:
-            for request_id, prompt_ids, params in samples:
-                token_ids[request_id], logprobs[request_id] = [], []
-                delta = self.engine.add_request(request_id, prompt_ids, params)
-                if delta is not None:
-                    finished[request_id] = delta
+        try:
+            for samples in submitted:
+                for request_id, prompt_ids, params in samples:
+                    token_ids[request_id], logprobs[request_id] = [], []
+                    delta = self.engine.add_request(request_id, prompt_ids, params)
+                    if delta is not None:
+                        finished[request_id] = delta
+        except Exception:
+            # A request refused halfway (say, a grammar that does not compile): take back the ones
+            # already queued, so the next generate() starts from a clean engine.
+            for request_id in token_ids:
+                self.engine.abort(request_id)
+            raise
         while self.engine.has_work:
             for delta in self.engine.step():
                 token_ids[delta.request_id].extend(delta.new_token_ids)

@@ -93,10 +93,8 @@ class ModelRunner:
             self.backend.prepare(paged)
             hidden = self.model.forward(input_ids, positions, self.backend)
             if not sample_rows:
-                return [], []
+                return [], []  # a step of prefill chunks only: no logits needed
             last_token_rows = [paged.layout.q_starts[i] + paged.layout.q_lens[i] - 1 for i in sample_rows]
             logits = self.model.compute_logits(hidden[last_token_rows])
-        if not sample_rows:
-            return [], []
         requests: list[Request] = [batch[i].request for i in sample_rows]
         return sample(logits, requests)

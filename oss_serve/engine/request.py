@@ -27,7 +27,6 @@ class Request:
     params: SamplingParams
     max_new_tokens: int  # resolved against the context length
     rng: random.Random  # per request, so a seeded request samples the same alone or in any batch
-    arrival: int
     # prompt + generated tokens; the KV of token_ids[:num_computed] is in the cache.
     token_ids: list[int] = field(default_factory=list)
     num_computed: int = 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 from dataclasses import dataclass
 
-from oss_serve.engine.page_pool import OutOfPages, PagePool
+from oss_serve.engine.page_pool import PagePool
 from oss_serve.engine.radix_cache import NO_PAGE, RadixCache
 from oss_serve.engine.request import Request, Status
 

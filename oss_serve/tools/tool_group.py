@@ -17,7 +17,11 @@ class ToolServerGroup(ToolServer):
         self.servers = servers
 
     async def start(self) -> None:
-        await asyncio.gather(*(server.start() for server in self.servers))
+        results = await asyncio.gather(*(server.start() for server in self.servers), return_exceptions=True)
+        failure = next((result for result in results if isinstance(result, BaseException)), None)
+        if failure is not None:
+            await self.aclose()  # the servers that did start (and any half-started) are not left running
+            raise failure
         seen: set[str] = set()
         for server in self.servers:
             for namespace in server.namespaces():

@@ -52,5 +52,5 @@ class EventLog:
 
 def sse_event(event: BaseModel) -> bytes:
     """`event: <type>` / `data: <json>` framing, as OpenAI streams Responses events."""
-    body = event.model_dump_json(exclude_unset=True)
+    body = event.model_dump_json(exclude_unset=True, by_alias=True)
     return f"event: {getattr(event, 'type')}\ndata: ".encode() + escape_line_separators(body).encode() + b"\n\n"

@@ -64,6 +64,7 @@ async def prepare_response(request: ResponsesRequest, state: ServingState, serve
     effort, instructions = resolve_reasoning(request, instructions_text or None)
     instructions = with_format_instructions(instructions, answer)
 
+    reasoning_budget = max_reasoning_tokens(request.model_extra)  # may 400: before MCP servers are connected
     tools = await resolve_tools(request, server_tools, mcp_call_timeout_s=state.server_args.tool_timeout)
     try:
         settings = render.PromptSettings(instructions=instructions, reasoning_effort=effort,
@@ -76,7 +77,7 @@ async def prepare_response(request: ResponsesRequest, state: ServingState, serve
         raise
     prefill_ids = get_harmony_encoding().encode(tools.prefill, allowed_special="all") if tools.prefill else []
     sampling.structured = harmony_structured_output(
-        answer, strict, reasoning_budget=max_reasoning_tokens(request.model_extra),
+        answer, strict, reasoning_budget=reasoning_budget,
         calls_allowed=bool(tools.function_tools or tools.namespaces))
     log = EventLog()
     assembler = OutputAssembler(log, tools, include_code_outputs=CODE_INTERPRETER_OUTPUTS in request.include)

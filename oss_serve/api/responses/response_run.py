@@ -3,11 +3,14 @@ and the `Response` object that describes it at any moment."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from openai.types.responses import Response, ResponseUsage
+from openai.types.responses.response_text_config import ResponseTextConfig
+from pydantic import ValidationError
 
 from oss_serve.api.responses.conversation import ConversationState
 from oss_serve.api.responses.event_log import EventLog
@@ -71,12 +74,31 @@ class ResponseRun:
             "top_p": 1.0 if request.top_p is None else request.top_p,
             "previous_response_id": request.previous_response_id, "background": request.background,
             "metadata": request.metadata or {}, "reasoning": {"effort": self.reasoning_effort},
-            "text": {"format": {"type": "text"}},
+            "text": _echo_text(request),
             "usage": self.usage.to_api() if self.usage is not None else None,
             "incomplete_details": {"reason": self.incomplete_reason} if self.incomplete_reason else None,
             "error": self.error, "completed_at": self.completed_at,
         }
         return Response.model_validate(fields)
+
+
+def _echo_text(request: ResponsesRequest) -> dict[str, Any]:
+    """The request's `text` setting (its format: text, json_schema or json_object), as given."""
+    text = request.text.model_dump(exclude_none=True) if request.text is not None else {}
+    fmt = text.setdefault("format", {"type": "text"})
+    if fmt.get("type") == "json_schema":  # the Response schema wants a name and an object schema
+        fmt.setdefault("name", "response")  # the name answer_format uses too
+        if isinstance(fmt.get("schema"), str):
+            try:
+                fmt["schema"] = json.loads(fmt["schema"])
+            except ValueError:
+                pass
+    try:
+        ResponseTextConfig.model_validate(text)
+    except ValidationError:  # an echo must never fail the response; the format was accepted already
+        return {"format": {"type": fmt.get("type", "text")}} if fmt.get("type") != "json_schema" else {
+            "format": {"type": "json_schema", "name": fmt.get("name") or "response", "schema": {}}}
+    return text
 
 
 def _echo_tool(tool: dict[str, Any]) -> dict[str, Any]:

@@ -56,12 +56,12 @@ def build_router(service: ResponsesService) -> APIRouter:
             service.start_in_background(prepared)
             if body.stream:
                 return _event_stream(run, cancel_on_disconnect=False)
-            return JSONResponse(run.snapshot().model_dump(mode="json", exclude_unset=True))
+            return JSONResponse(run.snapshot().model_dump(mode="json", exclude_unset=True, by_alias=True))
         if body.stream:
             service.start_in_background(prepared)
             return _event_stream(run, cancel_on_disconnect=True)
         await until_disconnected(service.execute(prepared), request.is_disconnected)
-        return JSONResponse(run.snapshot().model_dump(mode="json", exclude_unset=True))
+        return JSONResponse(run.snapshot().model_dump(mode="json", exclude_unset=True, by_alias=True))
 
     @router.get("/v1/responses/{response_id}")
     async def retrieve_response(response_id: str, stream: bool = False,
@@ -72,7 +72,7 @@ def build_router(service: ResponsesService) -> APIRouter:
 
     @router.delete("/v1/responses/{response_id}")
     async def delete_response(response_id: str) -> dict[str, Any]:
-        service.delete(response_id)
+        await service.delete(response_id)
         return {"id": response_id, "object": "response.deleted", "deleted": True}
 
     @router.post("/v1/responses/{response_id}/cancel")

@@ -62,10 +62,20 @@ class ResponsesService:
                         try:
                             await server.start()
                         except Exception as error:  # noqa: BLE001 - reported to the client, retried next time
+                            await _close_quietly(server)  # a half-started server holds processes/connections
                             raise APIError(f"The tool servers could not be started: {error}", status=503) from None
                     self.tool_server = server
                     self._tools_started = True
         return self.tool_server
+
+    async def aclose(self) -> None:
+        """At shutdown: stops the tool servers and closes the store (each only if it was opened)."""
+        if self.tool_server is not None:
+            await _close_quietly(self.tool_server)
+            self.tool_server = None
+        if self._store is not None:
+            self._store.close()
+            self._store = None
 
     # --- creating ---
 
@@ -115,7 +125,8 @@ class ResponsesService:
         if not run.request.store:
             return
         try:
-            self.store.save(run.response_id, run.created_at, run.snapshot().model_dump_json(exclude_unset=True),
+            self.store.save(run.response_id, run.created_at,
+                            run.snapshot().model_dump_json(exclude_unset=True, by_alias=True),
                             json.dumps(run.input_items), run.conversation.to_json())
         except ResponseStoreError as error:
             logger.error("response %s was not stored: %s", run.response_id, error)
@@ -130,7 +141,7 @@ class ResponsesService:
     def response_json(self, response_id: str) -> dict[str, Any]:
         live = self.runs.get(response_id)
         if live is not None:
-            return live.snapshot().model_dump(mode="json", exclude_unset=True)
+            return live.snapshot().model_dump(mode="json", exclude_unset=True, by_alias=True)
         stored = self.store.get(response_id)
         if stored is None:
             raise _not_found(response_id)
@@ -156,10 +167,12 @@ class ResponsesService:
 
     # --- changing ---
 
-    def delete(self, response_id: str) -> None:
+    async def delete(self, response_id: str) -> None:
         run = self.runs.pop(response_id, None)
         if run is not None and run.task is not None and not run.task.done():
+            # Awaited: the task's `finally` persists the run, which would bring a deleted response back.
             run.task.cancel()
+            await asyncio.gather(run.task, return_exceptions=True)
         if not self.store.delete(response_id) and run is None:
             raise _not_found(response_id)
 
@@ -170,7 +183,14 @@ class ResponsesService:
         if run.task is not None and not run.task.done():
             run.task.cancel()
             await asyncio.gather(run.task, return_exceptions=True)
-        return run.snapshot().model_dump(mode="json", exclude_unset=True)
+        return run.snapshot().model_dump(mode="json", exclude_unset=True, by_alias=True)
+
+
+async def _close_quietly(server: ToolServer) -> None:
+    try:
+        await server.aclose()
+    except Exception:  # noqa: BLE001 - the start error is the one reported
+        logger.warning("closing the tool servers after a failed start failed", exc_info=True)
 
 
 def _with_id(item: dict[str, Any]) -> dict[str, Any]:

@@ -85,6 +85,7 @@ async def run_tool_loop(prepared: PreparedResponse, generator: Generator, contex
         await _generate_until_done(prepared, generator, context_length, session)
     except APIError as error:
         run.status, run.error = "failed", {"code": "server_error", "message": error.message}
+        run.assembler.finish_open_items()  # no item of a failed response stays in_progress
     except BaseException as error:
         run.status = "cancelled"
         run.assembler.finish_open_items()

@@ -132,12 +132,12 @@ async def _add_mcp_tool(tools: ResponseTools, spec: dict[str, Any], index: int,
         allowed = allowed.get("tool_names")
     server = McpToolServer(url, headers=spec.get("headers"), allowed_tools=allowed, namespace=label,
                            call_timeout_s=call_timeout_s)
+    tools.request_mcp_servers.append(server)  # before start(): a half-started connection is closed too
     try:
         await server.start()
     except McpConnectError as error:
         raise APIError(f"tools[{index}]: {error}", param=f"tools[{index}].server_url",
                        code="mcp_connection_failed") from None
-    tools.request_mcp_servers.append(server)
     executors.insert(0, server)  # the request's own server wins over a same-named server-level one
     shown.update({namespace.name: namespace for namespace in server.namespaces()})
     tools.mcp_labels.add(label)
