@@ -38,7 +38,7 @@ import zmq
 import zmq.asyncio
 
 from oss_serve.engine.detokenizer import IncrementalDetokenizer
-from oss_serve.engine.engine_core import EngineInfo
+from oss_serve.engine.engine_core import EngineInfo, validate_prompt
 from oss_serve.engine.outputs import StreamOutput
 from oss_serve.engine.request import RequestDelta
 from oss_serve.engine.sampling_params import SamplingParams
@@ -137,11 +137,7 @@ class AsyncEngine:
                        request_id: str) -> AsyncIterator[StreamOutput]:
         if self.info is None:
             raise RuntimeError("AsyncEngine.start() has not been awaited")
-        if not prompt_ids:
-            raise ValueError("the prompt is empty")
-        if len(prompt_ids) > self.info.context_length:
-            raise ValueError(f"the prompt has {len(prompt_ids)} tokens, longer than the context length "
-                             f"of {self.info.context_length} tokens")
+        validate_prompt(prompt_ids, self.info.context_length)
         params.validate()
         if params.n != 1:
             raise ValueError("AsyncEngine.generate runs one sample; submit n requests for n > 1")

@@ -63,6 +63,15 @@ def generation_eos_ids(folder: Path | str) -> tuple[int, ...]:
     return ()
 
 
+def validate_prompt(prompt_ids: list[int], context_length: int) -> None:
+    """ValueError for an empty prompt or one longer than the context (the message gives both numbers)."""
+    if not prompt_ids:
+        raise ValueError("the prompt is empty")
+    if len(prompt_ids) > context_length:
+        raise ValueError(f"the prompt has {len(prompt_ids)} tokens, longer than the context length "
+                         f"of {context_length} tokens")
+
+
 @dataclass(frozen=True)
 class EngineInfo:
     """Facts the caller's process needs (sent once the engine process is ready)."""
@@ -212,11 +221,7 @@ class EngineCore:
 
     # ---- requests ----------------------------------------------------------------------------
     def validate_prompt(self, prompt_ids: list[int]) -> None:
-        if not prompt_ids:
-            raise ValueError("the prompt is empty")
-        if len(prompt_ids) > self.context_length:
-            raise ValueError(f"the prompt has {len(prompt_ids)} tokens, longer than the context length "
-                             f"of {self.context_length} tokens")
+        validate_prompt(prompt_ids, self.context_length)
 
     def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> RequestDelta | None:
         """Queue a request. Returns its final delta at once when there is nothing to generate."""
