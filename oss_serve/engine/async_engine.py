@@ -226,7 +226,9 @@ class AsyncEngine:
                     self._fail_all(f"the engine process failed: {message[1].strip().splitlines()[-1]}")
                     return
                 if message[0] == "flushed":
-                    self._flush_answers.pop(0).set_result(message[1])
+                    # Fresh stats come with the answer, so a caller reading stats() next sees the flush.
+                    _, flushed, self._stats = message
+                    self._flush_answers.pop(0).set_result(flushed)
                 if message[0] == "outputs":
                     _, deltas, self._stats = message
                     for delta in deltas:

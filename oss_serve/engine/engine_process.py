@@ -2,7 +2,7 @@
 
 Wire protocol (pickled tuples; the caller binds both ipc sockets, this process connects):
   caller -> engine (PUSH/PULL): ("add", request_id, prompt_ids, SamplingParams) | ("abort", request_id)
-  | ("flush",)   (answered at once with ("flushed", ok))
+  | ("flush",)   (answered at once with ("flushed", ok, stats))
                                 | ("shutdown",)
   engine -> caller (PUSH/PULL): ("ready", EngineInfo) | ("outputs", [RequestDelta], stats)
                                 | ("fatal", traceback text)
@@ -77,7 +77,7 @@ def _serve(core, inbox: zmq.Socket, outbox: zmq.Socket, parent_pid: int) -> None
                         deltas.append(RequestDelta(request_id, [], None, len(prompt_ids), 0, 0, True,
                                                    error=f"the engine could not accept the request: {error!r}"))
                 elif kind == "flush":
-                    outbox.send_pyobj(("flushed", core.flush_cache()))
+                    outbox.send_pyobj(("flushed", core.flush_cache(), core.stats()))
                 elif kind == "abort":
                     delta = core.abort(message[1])
                     if delta is not None:
