@@ -1,7 +1,6 @@
 """POST /v1/chat/completions: harmony prompt in, reasoning / content / tool_calls out."""
 from __future__ import annotations
 
-import logging
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -16,19 +15,17 @@ from openai.types.chat.chat_completion_message_tool_call import ChatCompletionMe
 from openai.types.chat.chat_completion_token_logprob import ChatCompletionTokenLogprob, TopLogprob
 
 from oss_serve.api.chat_conversation import ChatPrompt, build_chat_prompt
-from oss_serve.api.engine_client import until_disconnected
+from oss_serve.api.engine_client import collect_until_disconnected
 from oss_serve.api.errors import APIError
 from oss_serve.api.protocol import ChatCompletionRequest
 from oss_serve.api.sampling import build_sampling_params, resolve_max_new_tokens
-from oss_serve.api.sse import DONE, internal_error, sse_data, sse_error
+from oss_serve.api.sse import ending_with_done, sse_data
 from oss_serve.api.state import ServingState, new_id
 from oss_serve.api.usage import make_usage
 from oss_serve.engine.outputs import StreamOutput, TokenLogprob
 from oss_serve.engine.sampling_params import SamplingParams
 from oss_serve.harmony.encoding import get_harmony_encoding, stop_token_ids_for_assistant
 from oss_serve.harmony.parse import HarmonyOutputParser, ParseEvent
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -167,14 +164,12 @@ async def create_chat_completion(request: ChatCompletionRequest, http_request: R
                           sum(c.cached_tokens for c in choices), sum(c.reasoning_tokens for c in choices))
 
     if request.stream:
-        return StreamingResponse(_stream_events(request, state, jobs, choices, completion_id, created, usage),
+        return StreamingResponse(ending_with_done(_stream_events(request, state, jobs, choices, completion_id,
+                                                                 created, usage)),
                                  media_type="text/event-stream")
 
-    async def collect() -> None:
-        async for index, output in state.generator.merged(jobs):
-            choices[index].add(output)
-
-    await until_disconnected(collect(), http_request.is_disconnected)
+    await collect_until_disconnected(state.generator, jobs, lambda index, output: choices[index].add(output),
+                                     http_request.is_disconnected)
     response = ChatCompletion(
         id=completion_id, object="chat.completion", created=created, model=state.model_name,
         choices=[_final_choice(index, choice, request.logprobs) for index, choice in enumerate(choices)],
@@ -229,33 +224,26 @@ async def _stream_events(request: ChatCompletionRequest, state: ServingState,
         return chunk_types.ChoiceDelta(**fields)  # type: ignore[arg-type]
 
     stream_reasoning = request.stream_reasoning
-    try:
-        for index, choice in enumerate(choices):
-            opening = _DeltaParts(tool_calls=[
-                chunk_types.ChoiceDeltaToolCall(index=i, id=call.id, type="function",
-                                                function=chunk_types.ChoiceDeltaToolCallFunction(
-                                                    name=call.name, arguments=""))
-                for i, call in enumerate(choice.tool_calls)])  # a prefilled call is known up front
-            yield chunk(index, chunk_types.ChoiceDelta(role="assistant", content="",
-                                                       **({"tool_calls": opening.tool_calls}
-                                                          if opening.tool_calls else {})))
-        async for index, output in state.generator.merged(jobs):
-            choice = choices[index]
-            parts = choice.add(output)
-            if not parts.empty() and (parts.content or parts.tool_calls or stream_reasoning):
-                yield chunk(index, delta_of(parts, stream_reasoning),
-                            logprobs=output.new_logprobs if request.logprobs else None)
-            if output.finished:
-                if not stream_reasoning and choice.reasoning:
-                    yield chunk(index, delta_of(_DeltaParts(reasoning=choice.reasoning), True))
-                yield chunk(index, chunk_types.ChoiceDelta(), choice.finish_reason,
-                            matched_stop=choice.matched_stop, final=True)
-        if request.stream_options and request.stream_options.include_usage:
-            yield sse_data(ChatCompletionChunk(id=completion_id, object="chat.completion.chunk", created=created,
-                                               model=state.model_name, choices=[], usage=usage()))  # type: ignore[operator]
-    except APIError as error:
-        yield sse_error(error)
-    except Exception as error:  # noqa: BLE001 - the stream ends with an error event, not cut
-        logger.exception("streamed request failed")
-        yield sse_error(internal_error(error))
-    yield DONE
+    for index, choice in enumerate(choices):
+        opening = _DeltaParts(tool_calls=[
+            chunk_types.ChoiceDeltaToolCall(index=i, id=call.id, type="function",
+                                            function=chunk_types.ChoiceDeltaToolCallFunction(
+                                                name=call.name, arguments=""))
+            for i, call in enumerate(choice.tool_calls)])  # a prefilled call is known up front
+        yield chunk(index, chunk_types.ChoiceDelta(role="assistant", content="",
+                                                   **({"tool_calls": opening.tool_calls}
+                                                      if opening.tool_calls else {})))
+    async for index, output in state.generator.merged(jobs):
+        choice = choices[index]
+        parts = choice.add(output)
+        if not parts.empty() and (parts.content or parts.tool_calls or stream_reasoning):
+            yield chunk(index, delta_of(parts, stream_reasoning),
+                        logprobs=output.new_logprobs if request.logprobs else None)
+        if output.finished:
+            if not stream_reasoning and choice.reasoning:
+                yield chunk(index, delta_of(_DeltaParts(reasoning=choice.reasoning), True))
+            yield chunk(index, chunk_types.ChoiceDelta(), choice.finish_reason,
+                        matched_stop=choice.matched_stop, final=True)
+    if request.stream_options and request.stream_options.include_usage:
+        yield sse_data(ChatCompletionChunk(id=completion_id, object="chat.completion.chunk", created=created,
+                                           model=state.model_name, choices=[], usage=usage()))  # type: ignore[operator]

@@ -1,7 +1,6 @@
 """POST /v1/completions: raw text or token prompts, no harmony rendering."""
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator
@@ -11,17 +10,16 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from openai.types import Completion, CompletionChoice
 from openai.types.completion_choice import Logprobs
 
-from oss_serve.api.engine_client import until_disconnected
+from oss_serve.api.engine_client import collect_until_disconnected
 from oss_serve.api.errors import APIError
 from oss_serve.api.protocol import CompletionRequest
 from oss_serve.api.sampling import build_sampling_params, resolve_max_new_tokens
-from oss_serve.api.sse import DONE, internal_error, sse_data, sse_error
+from oss_serve.api.sse import ending_with_done, sse_data
 from oss_serve.api.state import ServingState, TextTokenizer, new_id
 from oss_serve.api.usage import make_usage
 from oss_serve.engine.outputs import StreamOutput, TokenLogprob
 from oss_serve.engine.sampling_params import SamplingParams
 
-logger = logging.getLogger(__name__)
 
 MAX_TOP_LOGPROBS = 20
 
@@ -123,37 +121,27 @@ async def create_completion(request: CompletionRequest, http_request: Request,
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
 
         async def events() -> AsyncIterator[bytes]:
-            try:
-                for index, choice in enumerate(choices):
-                    if choice.echo_text:
-                        yield sse_data(envelope([_choice_object(index, choice.echo_text, None, None, None)]))
-                async for index, output in state.generator.merged(jobs):
-                    choice = choices[index]
-                    text_offset = len(choice.echo_text) + len(choice.text)
-                    choice.add(output)
-                    logprobs = (_completion_logprobs(output.new_logprobs or [], state.tokenizer, text_offset)
-                                if request.logprobs is not None else None)
-                    if output.new_text or logprobs or output.finished:
-                        yield sse_data(envelope([_choice_object(
-                            index, output.new_text, logprobs,
-                            choice.finish_reason if output.finished else None,
-                            choice.matched_stop if output.finished else None)]))
-                if include_usage:
-                    yield sse_data(envelope([], usage=usage()))
-            except APIError as error:
-                yield sse_error(error)
-            except Exception as error:  # noqa: BLE001 - the stream ends with an error event, not cut
-                logger.exception("streamed request failed")
-                yield sse_error(internal_error(error))
-            yield DONE
+            for index, choice in enumerate(choices):
+                if choice.echo_text:
+                    yield sse_data(envelope([_choice_object(index, choice.echo_text, None, None, None)]))
+            async for index, output in state.generator.merged(jobs):
+                choice = choices[index]
+                text_offset = len(choice.echo_text) + len(choice.text)
+                choice.add(output)
+                logprobs = (_completion_logprobs(output.new_logprobs or [], state.tokenizer, text_offset)
+                            if request.logprobs is not None else None)
+                if output.new_text or logprobs or output.finished:
+                    yield sse_data(envelope([_choice_object(
+                        index, output.new_text, logprobs,
+                        choice.finish_reason if output.finished else None,
+                        choice.matched_stop if output.finished else None)]))
+            if include_usage:
+                yield sse_data(envelope([], usage=usage()))
 
-        return StreamingResponse(events(), media_type="text/event-stream")
+        return StreamingResponse(ending_with_done(events()), media_type="text/event-stream")
 
-    async def collect() -> None:
-        async for index, output in state.generator.merged(jobs):
-            choices[index].add(output)
-
-    await until_disconnected(collect(), http_request.is_disconnected)
+    await collect_until_disconnected(state.generator, jobs, lambda index, output: choices[index].add(output),
+                                     http_request.is_disconnected)
     choice_objects = []
     for index, choice in enumerate(choices):
         logprobs = (_completion_logprobs(choice.logprobs, state.tokenizer, len(choice.echo_text))

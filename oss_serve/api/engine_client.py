@@ -108,6 +108,19 @@ class Generator:
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def collect_until_disconnected(generator: "Generator",
+                                     prompts: Sequence[tuple[list[int], SamplingParams, str]],
+                                     add: Callable[[int, StreamOutput], object],
+                                     is_disconnected: Callable[[], Awaitable[bool]]) -> None:
+    """Feed every output of `prompts` to `add(index, output)`; cancelled (requests aborted) if the
+    client goes away first. The non-streamed body of every generation endpoint."""
+    async def collect() -> None:
+        async for index, output in generator.merged(prompts):
+            add(index, output)
+
+    await until_disconnected(collect(), is_disconnected)
+
+
 async def until_disconnected(work: Awaitable[T], is_disconnected: Callable[[], Awaitable[bool]],
                              poll_seconds: float = 0.25) -> T:
     """Run `work`; cancel it (which aborts its engine requests) if the client goes away."""

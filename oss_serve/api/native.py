@@ -2,7 +2,6 @@
 parser API (/separate_reasoning, /parse_function_call)."""
 from __future__ import annotations
 
-import logging
 import dataclasses
 from typing import Any, AsyncIterator
 
@@ -10,18 +9,17 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import TypeAdapter, ValidationError
 
-from oss_serve.api.engine_client import until_disconnected
+from oss_serve.api.engine_client import collect_until_disconnected
 from oss_serve.api.errors import APIError
 from oss_serve.api.protocol import GenerateRequest, ParseFunctionCallRequest, SeparateReasoningRequest
 from oss_serve.api.sampling import resolve_max_new_tokens
-from oss_serve.api.sse import DONE, internal_error, sse_data, sse_error
+from oss_serve.api.sse import ending_with_done, sse_data
 from oss_serve.api.state import ServingState, new_id
 from oss_serve.api.structured_outputs import generate_structured_output
 from oss_serve.engine.outputs import StreamOutput
 from oss_serve.engine.sampling_params import SamplingParams
 from oss_serve.harmony.parse import parse_output_text
 
-logger = logging.getLogger(__name__)
 
 _SAMPLING_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
 _SAMPLING_ADAPTER = TypeAdapter(SamplingParams)
@@ -99,25 +97,15 @@ async def generate(request: GenerateRequest, http_request: Request, state: Servi
 
     if request.stream:
         async def events() -> AsyncIterator[bytes]:
-            try:
-                async for index, output in state.generator.merged(jobs):
-                    results[index].add(output)
-                    payload = results[index].as_json()
-                    payload["index"] = index
-                    yield sse_data(payload)
-            except APIError as error:
-                yield sse_error(error)
-            except Exception as error:  # noqa: BLE001 - the stream ends with an error event, not cut
-                logger.exception("streamed request failed")
-                yield sse_error(internal_error(error))
-            yield DONE
-        return StreamingResponse(events(), media_type="text/event-stream")
+            async for index, output in state.generator.merged(jobs):
+                results[index].add(output)
+                payload = results[index].as_json()
+                payload["index"] = index
+                yield sse_data(payload)
+        return StreamingResponse(ending_with_done(events()), media_type="text/event-stream")
 
-    async def collect() -> None:
-        async for index, output in state.generator.merged(jobs):
-            results[index].add(output)
-
-    await until_disconnected(collect(), http_request.is_disconnected)
+    await collect_until_disconnected(state.generator, jobs, lambda index, output: results[index].add(output),
+                                     http_request.is_disconnected)
     body: Any = [result.as_json() for result in results] if batched else results[0].as_json()
     return JSONResponse(body)
 

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+import logging
+from typing import Any, AsyncIterator
 
 from pydantic import BaseModel
 
 from oss_serve.api.errors import APIError, error_body
+
+logger = logging.getLogger(__name__)
 
 DONE = b"data: [DONE]\n\n"
 # JSON leaves these unescaped, but clients that split lines like str.splitlines() (httpx's
@@ -36,6 +39,15 @@ def sse_error(error: APIError) -> bytes:
     return sse_data(error_body(error.message, error.status, error.param, error.code))
 
 
-def internal_error(error: Exception) -> APIError:
-    """What a stream reports for an unexpected exception (which the caller logs)."""
-    return APIError(f"Internal error: {type(error).__name__}: {error}", status=500)
+async def ending_with_done(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """`events`, then `[DONE]`. An error met mid-stream, expected or not, becomes one error event
+    before `[DONE]`, so a client never sees a stream cut off."""
+    try:
+        async for event in events:
+            yield event
+    except APIError as error:
+        yield sse_error(error)
+    except Exception as error:  # noqa: BLE001 - the stream ends with an error event, not cut
+        logger.exception("streamed request failed")
+        yield sse_error(APIError(f"Internal error: {type(error).__name__}: {error}", status=500))
+    yield DONE
