@@ -22,9 +22,9 @@ from types import SimpleNamespace
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import torch  # noqa: E402
-from triton.testing import do_bench  # noqa: E402
+from triton.testing import do_bench, do_bench_cudagraph  # noqa: E402
 
-from oss_serve.kernels.moe_mxfp4 import (DECODE_MAX_SLOTS, DEFAULT_GROUPED_TILES, LEGACY_GROUPED_TILES,  # noqa: E402
+from oss_serve.kernels.moe_mxfp4 import (DECODE_MAX_SLOTS, DEFAULT_GROUPED_TILES,  # noqa: E402
                                          GroupedTiles, moe_mxfp4, moe_mxfp4_reference, select_path)
 from oss_serve.kernels.moe_mxfp4_decode import DEFAULT_DECODE_TILES, DecodeTiles  # noqa: E402
 from oss_serve.kernels.paged_attention import paged_attention, paged_attention_reference  # noqa: E402
@@ -58,6 +58,13 @@ def bench_ms(fn) -> float:
         fn()
         return (time.perf_counter() - begin) * 1e3
     return do_bench(fn, warmup=10, rep=40)
+
+
+def graph_bench_ms(fn) -> float:
+    """Time per call replayed from a CUDA graph, as the engine's decode runs it (no launch overhead)."""
+    if SMOKE:
+        return bench_ms(fn)
+    return do_bench_cudagraph(fn, rep=40)
 
 
 def length(n: int) -> int:
@@ -188,11 +195,9 @@ def dense_torch_experts(experts: dict[str, torch.Tensor]) -> TorchExperts:
     return dense
 
 
-# Variants timed side by side: "default" is what moe_mxfp4 runs with no options (path by T * k);
-# "old" is the first version (grouped GEMMs, integer fp4 decode, its tiles) at every T.
+# Variants timed side by side: "default" is what moe_mxfp4 runs with no options (path by T * k).
 MOE_VARIANTS: dict[str, dict] = {
     "default": {},
-    "old": dict(path="grouped", grouped_tiles=LEGACY_GROUPED_TILES),
     "decode": dict(path="decode"),
     "grouped": dict(path="grouped"),
 }
@@ -206,7 +211,7 @@ def describe_moe_defaults() -> None:
 
 def moe_correctness(experts: dict[str, torch.Tensor]) -> None:
     for num_tokens, variant in ((1, "decode"), (8, "decode"), (length(32), "decode"), (33, "grouped"),
-                                (length(256), "grouped"), (33, "old")):
+                                (length(256), "grouped")):
         x, ids, weights = make_tokens(num_tokens, seed=num_tokens)
         expected = moe_mxfp4_reference(x.float(), ids, weights, **experts)
         actual = moe_mxfp4(x, ids, weights, **experts, **MOE_VARIANTS[variant])
@@ -221,7 +226,7 @@ def moe_timing(experts: dict[str, torch.Tensor], dense: TorchExperts | None, num
     """One moe_time line; `options` (path, grouped_tiles, decode_tiles) override the variant's."""
     x, ids, weights = make_tokens(num_tokens, seed=7)
     call = {**MOE_VARIANTS[variant], **options, "block_m": block_m}
-    kernel_ms = bench_ms(lambda: moe_mxfp4(x, ids, weights, **experts, **call))
+    kernel_ms = graph_bench_ms(lambda: moe_mxfp4(x, ids, weights, **experts, **call))
     touched = torch.unique(ids).numel()
     per_expert_bytes = sum(experts[n][0].numel() for n in ("gate_up_blocks", "gate_up_scales", "down_blocks",
                                                              "down_scales"))
@@ -240,35 +245,27 @@ def moe_timing(experts: dict[str, torch.Tensor], dense: TorchExperts | None, num
 
 
 def moe_cases(experts: dict[str, torch.Tensor], dense: list[TorchExperts]) -> list[tuple[str, object]]:
-    """Most telling first (the budget cuts from the end): old vs new at each T, then tile sweeps."""
+    """Most telling first (the budget cuts from the end): the defaults at each T, then tile sweeps."""
     def torch_dense(num_tokens: int) -> TorchExperts | None:
         return dense[0] if dense and num_tokens in (1, 64, 4096) else None
 
     cases: list[tuple[str, object]] = []
-    for num_tokens in (1, 8, 32, 64, 256, 1024, 4096):
-        variants = ["default", "old"]
-        if num_tokens in (32, 64):  # around the path threshold: both paths explicitly
-            variants = ["decode", "grouped", "old"]
-        for variant in variants:
-            cases.append((f"moe T={num_tokens} {variant}",
-                          lambda t=num_tokens, v=variant: moe_timing(
-                              experts, torch_dense(t) if v in ("default", "decode") else None, length(t), v)))
+    for num_tokens in (1, 4, 16, 64, 256, 1024, 4096):
+        cases.append((f"moe T={num_tokens}", lambda t=num_tokens: moe_timing(experts, torch_dense(t), length(t))))
     cases.append(("moe cuda graph", lambda: moe_graph_check(experts)))
-    for tiles in (DecodeTiles(16, 16, 512, 4), DecodeTiles(32, 32, 256, 4), DecodeTiles(8, 8, 256, 2),
-                  DecodeTiles(16, 16, 128, 4), DecodeTiles(32, 32, 512, 8)):
-        for num_tokens in (1, 8):
+    for tiles in (DecodeTiles(8, 8, 512, 4), DecodeTiles(8, 4, 512, 4), DecodeTiles(16, 8, 512, 4),
+                  DecodeTiles(8, 8, 1024, 4), DecodeTiles(4, 4, 512, 2)):
+        for num_tokens in (1, 4):
             cases.append((f"moe decode sweep T={num_tokens} {tiles}",
                           lambda t=num_tokens, d=tiles: moe_timing(experts, None, length(t), "decode",
                                                                    decode_tiles=d)))
-    for tiles in (GroupedTiles(block_m=128, block_n=128, block_k=64, num_warps=8, num_stages=3),
-                  GroupedTiles(block_m=256, block_n=64, block_k=64, num_warps=8, num_stages=3),
-                  GroupedTiles(block_m=128, block_n=64, block_k=128, num_warps=8, num_stages=4),
-                  GroupedTiles(block_m=128, block_n=64, block_k=64, num_warps=4, num_stages=4)):
-        cases.append((f"moe grouped sweep T=4096 {tiles}",
-                      lambda g=tiles: moe_timing(experts, None, length(4096), "grouped", grouped_tiles=g)))
-    for block_m in (32, 64, 128):
-        cases.append((f"moe grouped sweep T=256 bm={block_m}",
-                      lambda m=block_m: moe_timing(experts, None, length(256), "grouped", block_m=m)))
+    for num_tokens in (64, 256):
+        for tiles in (GroupedTiles(block_m=32, block_n=64, block_k=128, num_warps=4),
+                      GroupedTiles(block_m=64, block_n=64, block_k=128, num_warps=4),
+                      GroupedTiles(block_m=64, block_n=128, block_k=64, num_warps=8)):
+            cases.append((f"moe grouped sweep T={num_tokens} {tiles}",
+                          lambda t=num_tokens, g=tiles: moe_timing(experts, None, length(t), "grouped",
+                                                                   grouped_tiles=g)))
     return cases
 
 

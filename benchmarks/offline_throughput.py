@@ -40,13 +40,13 @@ def bench_oss_serve(model_path: str, prompts: list[list[int]], output_len: int, 
     elapsed = time.perf_counter() - started
     generated = sum(len(o.token_ids) for o in outputs)
     full_batch_steps = llm.engine.step_times[2:]  # decode steps at the full batch (prefill goes first)
-    overhead_ms = statistics.median((total - forward) * 1e3 for total, forward in full_batch_steps)
-    step_ms = statistics.median(total * 1e3 for total, _ in full_batch_steps)
+    overhead_ms = statistics.median((t.total - t.forward) * 1e3 for t in full_batch_steps)
+    step_ms = statistics.median(t.total * 1e3 for t in full_batch_steps)
 
     # Single request: decode steps only.
     llm.engine.step_times = []
     llm.generate([prompts[0]], params)
-    decode_steps = [total for total, _ in llm.engine.step_times[1:]]
+    decode_steps = [t.total for t in llm.engine.step_times[1:]]
     return {"output_tok_s": generated / elapsed, "elapsed_s": elapsed, "generated": generated,
             "step_ms_at_full_batch": step_ms, "overhead_ms_per_step": overhead_ms,
             "single_request_decode_tok_s": len(decode_steps) / sum(decode_steps)}

@@ -93,11 +93,6 @@ def test_bf16_activations(path: str) -> None:
     check(6, dtype=torch.bfloat16, atol=1e-2, path=path)
 
 
-def test_grouped_legacy_decode() -> None:
-    """The first version's fp4 decode stays selectable (the device benchmark times it against the new one)."""
-    check(5, path="grouped", grouped_tiles=GroupedTiles(block_n=16, block_k=64, num_stages=1, decode="legacy"))
-
-
 def test_decode_partial_column_blocks_and_k_steps() -> None:
     # hidden 96 = 1.5 K steps of 64 for gate_up, and 1.5 column blocks of 64 for down; inter 96 likewise.
     check(3, hidden=96, inter=96, path="decode",

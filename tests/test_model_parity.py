@@ -104,6 +104,19 @@ def test_packed_mxfp4_experts_match_dequantized_at_load(tiny_mxfp4_ckpt):
     torch.testing.assert_close(ours_logits(packed, ids), ours_logits(dense, ids), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("load_format", ["auto", "dummy"])
+def test_qkv_parameters_are_views_of_one_projection(tiny_ckpt, load_format):
+    model = load_model(str(tiny_ckpt), dtype="float32", device="cpu", load_format=load_format).model
+    for layer in model.model.layers:
+        attn = layer.self_attn
+        parts = (attn.q_proj, attn.k_proj, attn.v_proj)
+        torch.testing.assert_close(attn.qkv_weight, torch.cat([p.weight for p in parts]), atol=0, rtol=0)
+        torch.testing.assert_close(attn.qkv_bias, torch.cat([p.bias for p in parts]), atol=0, rtol=0)
+        for p in parts:
+            assert p.weight.untyped_storage().data_ptr() == attn.qkv_weight.untyped_storage().data_ptr()
+            assert p.bias.untyped_storage().data_ptr() == attn.qkv_bias.untyped_storage().data_ptr()
+
+
 def test_triton_moe_backend_needs_mxfp4(tiny_ckpt):
     with pytest.raises(ValueError, match="--moe-backend torch"):
         load_model(str(tiny_ckpt), device="cpu", moe_backend="triton")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from oss_serve.attention.base import AttentionBackend, reference_attention
+from oss_serve.model.rope import apply_rotary
 
 
 class ContiguousKVBackend(AttentionBackend):
@@ -35,7 +36,8 @@ class ContiguousKVBackend(AttentionBackend):
         for store in (self._keys, self._values, self._lengths):
             store.pop(seq_id, None)
 
-    def forward(self, layer_id, q, k, v, sinks, sliding_window, scale):
+    def forward(self, layer_id, q, k, v, cos, sin, sinks, sliding_window, scale):
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         outputs = []
         offset = 0
         for seq_id, num_new in self._batch:

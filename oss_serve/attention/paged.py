@@ -10,8 +10,9 @@ Layout, shared with the Triton kernels in `oss_serve.kernels`:
   query i of sequence b sits at position seq_lens[b] - q_len[b] + i.
 
 Sliding-window layers index a separate page pool; the table entries of pages wholly outside the
-window may hold anything and are never read. Writing new k/v (`store_kv`, through a slot mapping)
-is a step separate from attending (`paged_attention`), so a fused GPU kernel can replace either.
+window may hold anything and are never read. RoPE and writing new k/v (`store_kv`, through a slot
+mapping) are a step separate from attending (`paged_attention`); on GPU one kernel does that step
+(`kernels.rope_store_kv`) and another attends.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from oss_serve.attention.base import AttentionBackend
+from oss_serve.model.rope import apply_rotary
 
 # Query rows attended at once during prefill: bounds the [heads, rows, keys] score tensor.
 _PREFILL_QUERY_BLOCK = 256
@@ -187,7 +189,7 @@ class PagedBatch:
 
 
 class PagedAttentionBackend(AttentionBackend):
-    """Writes each layer's new k/v into the paged cache, then attends over it."""
+    """Rotates q and k, writes each layer's new k/v into the paged cache, then attends over it."""
 
     def __init__(self, cache: PagedKVCache, use_triton: bool = True) -> None:
         self.cache = cache
@@ -198,7 +200,7 @@ class PagedAttentionBackend(AttentionBackend):
     def prepare(self, batch: PagedBatch) -> None:
         self.batch = batch
 
-    def forward(self, layer_id, q, k, v, sinks, sliding_window, scale):
+    def forward(self, layer_id, q, k, v, cos, sin, sinks, sliding_window, scale):
         batch = self.batch
         assert batch is not None, "prepare() the backend before a forward"
         k_cache, v_cache = self.cache.k[layer_id], self.cache.v[layer_id]
@@ -206,11 +208,14 @@ class PagedAttentionBackend(AttentionBackend):
             slots, table = batch.full_slots, batch.full_page_table
         else:
             slots, table = batch.sliding_slots, batch.sliding_page_table
-        store_kv(k_cache, v_cache, slots, k, v)
         if q.is_cuda and self.use_triton:
             from oss_serve.kernels.paged_attention import paged_attention as paged_attention_gpu
+            from oss_serve.kernels.rope_store_kv import rope_store_kv
 
+            q = rope_store_kv(q, k, v, cos, sin, k_cache, v_cache, slots)
             return paged_attention_gpu(q, k_cache, v_cache, table, batch.cu_q_lens, batch.seq_lens, sinks, scale,
                                        sliding_window or 0)
+        q = apply_rotary(q, cos, sin)
+        store_kv(k_cache, v_cache, slots, apply_rotary(k, cos, sin), v)
         return paged_attention(q, k_cache, v_cache, table, batch.cu_q_lens, batch.seq_lens, sinks, scale,
                                sliding_window or 0, layout=batch.layout)

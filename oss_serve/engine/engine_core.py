@@ -73,6 +73,20 @@ def validate_prompt(prompt_ids: list[int], context_length: int) -> None:
 
 
 @dataclass(frozen=True)
+class StepTiming:
+    """One step's wall times in seconds (recorded while `EngineCore.profile` is on)."""
+    total: float
+    schedule: float
+    forward: float  # the runner: inputs, forward, sampling (ends with the device sync)
+    num_seqs: int
+    num_tokens: int
+
+    @property
+    def is_decode(self) -> bool:
+        return self.num_tokens == self.num_seqs
+
+
+@dataclass(frozen=True)
 class EngineInfo:
     """Facts the caller's process needs (sent once the engine process is ready)."""
     model_folder: str
@@ -200,7 +214,7 @@ class EngineCore:
         self._tokenizer = None
         self._requests: dict[str, Request] = {}
         self._seed_rng = random.Random(args.random_seed)
-        self.step_times: list[tuple[float, float]] = []  # (whole step, forward) seconds, when profiling
+        self.step_times: list[StepTiming] = []  # when profiling
         self.profile = False
 
     @property
@@ -276,6 +290,7 @@ class EngineCore:
     def step(self) -> list[RequestDelta]:
         started = time.perf_counter()
         batch = self.scheduler.schedule()
+        scheduled = time.perf_counter()
         deltas: list[RequestDelta] = []
         for request in self.scheduler.unservable:
             # Alone and still out of pages: the sequence is longer than the whole KV pool.
@@ -295,7 +310,8 @@ class EngineCore:
             if delta is not None:
                 deltas.append(delta)
         if self.profile:
-            self.step_times.append((time.perf_counter() - started, forward_time))
+            self.step_times.append(StepTiming(time.perf_counter() - started, scheduled - started, forward_time,
+                                              len(batch), sum(seq.num_new_tokens for seq in batch)))
         return deltas
 
     def _append_token(self, request: Request, token: int, logprob: TokenLogprob | None) -> RequestDelta | None:

@@ -44,18 +44,12 @@ DECODE_MAX_SLOTS = 16
 
 @dataclass(frozen=True)
 class GroupedTiles:
-    """Tiles of the grouped (prefill) kernels. block_m 0 means: choose from the rows per expert.
-
-    decode "fp16" reads each fp4 code as fp16 bits and applies one scale per 32-block (loaded once per block);
-    "legacy" is the first version's decode (integer arithmetic per code, a scale load per byte), kept so the
-    device benchmark can time old against new in one run.
-    """
+    """Tiles of the grouped (prefill) kernels. block_m 0 means: choose from the rows per expert."""
     block_m: int = 0
     block_n: int = 64
     block_k: int = 128
     num_warps: int = 0  # 0: 8 for block_m >= 128, else 4
     num_stages: int = 3
-    decode: str = "fp16"
 
 
 DEFAULT_GROUPED_TILES = GroupedTiles()
@@ -63,7 +57,6 @@ DEFAULT_GROUPED_TILES = GroupedTiles()
 # 5.17 ms). Only measured there, so used only for prefill-sized batches.
 LARGE_BATCH_GROUPED_TILES = GroupedTiles(block_m=128, block_n=64, block_k=64, num_warps=4, num_stages=4)
 LARGE_BATCH_MIN_SLOTS = 8192
-LEGACY_GROUPED_TILES = GroupedTiles(decode="legacy")  # the first version's kernels and tile choice
 INTERPRETER_GROUPED_TILES = GroupedTiles(block_n=16, block_k=64, num_stages=1)
 
 
@@ -191,7 +184,7 @@ def _moe_mxfp4_grouped(x, expert_ids, expert_weights, gate_up_blocks, gate_up_sc
     if num_tokens == 0:
         return torch.empty_like(x)
     assert x.stride(1) == 1
-    assert tiles.block_k % 32 == 0 and tiles.decode in ("fp16", "legacy")
+    assert tiles.block_k % 32 == 0
     block_m = tiles.block_m or _default_block_m(num_tokens, top_k, num_experts, x.is_cuda)
     dot_name = _support.dot_dtype_name(x.dtype)
     dot_dtype = {"fp32": tl.float32, "bf16": tl.bfloat16, "fp16": tl.float16}[dot_name]
@@ -204,7 +197,7 @@ def _moe_mxfp4_grouped(x, expert_ids, expert_weights, gate_up_blocks, gate_up_sc
     weights = expert_weights.reshape(-1).to(torch.float32).contiguous()
     # Row byte counts go in as arguments so that Triton sees them divisible by 16 (16-byte loads).
     common = dict(BLOCK_M=block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k, DOT_DTYPE=dot_dtype,
-                  INPUT_PRECISION=precision, FP16_DECODE=tiles.decode == "fp16",
+                  INPUT_PRECISION=precision,
                   num_warps=tiles.num_warps or (8 if block_m >= 128 else 4),
                   num_stages=tiles.num_stages if x.is_cuda else 1)
 
@@ -258,23 +251,16 @@ if triton is not None:
         tl.store(row_slot_ptr + first_row + rank, slots, mask=valid)
 
     @triton.jit
-    def _fp4_e2m1_to_float(nibble):
-        """Codes 0..7 are +0, .5, 1, 1.5, 2, 3, 4, 6 and bit 3 is the sign: (2 + m) << e quarters for e > 0."""
-        exponent = (nibble >> 1) & 3
-        mantissa = nibble & 1
-        quarters = tl.where(exponent == 0, mantissa * 2, (2 + mantissa) << exponent)
-        magnitude = quarters.to(tl.float32) * 0.25
-        return tl.where(nibble >= 8, -magnitude, magnitude)
-
-    @triton.jit
     def _mxfp4_tile_product(a_rows, a_row_valid, w_rows, s_rows, w_row_valid, K,
                             BLOCK_M: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_K: tl.constexpr,
-                            DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, FP16_DECODE: tl.constexpr):
+                            DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):
         """fp32 [BLOCK_M, BLOCK_W] = A[rows, :K] @ W[w rows, :K]^T with W given as MXFP4 bytes and scales.
 
         a_rows: pointers to the start of each A row (contiguous along K); w_rows / s_rows: pointers to each
         weight row's packed bytes (K / 2 of them) and scales (K / 32). Byte j holds elements 2j (low nibble)
         and 2j+1 (high nibble), so A is split into even and odd columns instead of interleaving W.
+        (`tl.dot_scaled`, which takes the packed codes as they are, timed no faster on an H200: its
+        upcast on GPUs without fp4 MMAs costs as much as this decode.)
         """
         acc = tl.zeros([BLOCK_M, BLOCK_W], tl.float32)
         HALF_K: tl.constexpr = BLOCK_K // 2
@@ -283,27 +269,18 @@ if triton is not None:
             cols = k_begin + tl.arange(0, BLOCK_K)
             a = tl.load(a_rows[:, None] + cols[None, :], mask=a_row_valid[:, None] & (cols < K)[None, :], other=0.0)
             a_even, a_odd = tl.split(tl.reshape(a.to(tl.float32), [BLOCK_M, HALF_K, 2]))
-            if FP16_DECODE:
-                # Bytes as [rows, 32-blocks, 16] so that each block's scale is loaded once and broadcast.
-                group = k_begin // 32 + tl.arange(0, GROUPS)
-                group_valid = group < K // 32
-                byte_mask = w_row_valid[:, None, None] & group_valid[None, :, None]
-                packed = tl.load(w_rows[:, None, None] + group[None, :, None] * 16
-                                 + tl.arange(0, 16)[None, None, :], mask=byte_mask, other=0).to(tl.int32)
-                exponent = tl.load(s_rows[:, None] + group[None, :],
-                                   mask=w_row_valid[:, None] & group_valid[None, :], other=0)
-                scale = mxfp4_scale(exponent)[:, :, None]
-                low, high = fp4_pair_as_fp16(packed)
-                w_low = tl.reshape(low * scale, [BLOCK_W, HALF_K]).to(DOT_DTYPE)
-                w_high = tl.reshape(high * scale, [BLOCK_W, HALF_K]).to(DOT_DTYPE)
-            else:
-                byte_idx = k_begin // 2 + tl.arange(0, HALF_K)
-                w_mask = w_row_valid[:, None] & (byte_idx < K // 2)[None, :]
-                packed = tl.load(w_rows[:, None] + byte_idx[None, :], mask=w_mask, other=0).to(tl.int32)
-                exponent = tl.load(s_rows[:, None] + byte_idx[None, :] // 16, mask=w_mask, other=0).to(tl.int32)
-                scale = (exponent << 23).to(tl.float32, bitcast=True)  # 2^(e - 127) built from its bits
-                w_low = (_fp4_e2m1_to_float(packed & 15) * scale).to(DOT_DTYPE)
-                w_high = (_fp4_e2m1_to_float(packed >> 4) * scale).to(DOT_DTYPE)
+            # Bytes as [rows, 32-blocks, 16] so that each block's scale is loaded once and broadcast.
+            group = k_begin // 32 + tl.arange(0, GROUPS)
+            group_valid = group < K // 32
+            byte_mask = w_row_valid[:, None, None] & group_valid[None, :, None]
+            packed = tl.load(w_rows[:, None, None] + group[None, :, None] * 16
+                             + tl.arange(0, 16)[None, None, :], mask=byte_mask, other=0).to(tl.int32)
+            exponent = tl.load(s_rows[:, None] + group[None, :], mask=w_row_valid[:, None] & group_valid[None, :],
+                               other=0)
+            scale = mxfp4_scale(exponent)[:, :, None]
+            low, high = fp4_pair_as_fp16(packed)
+            w_low = tl.reshape(low * scale, [BLOCK_W, HALF_K]).to(DOT_DTYPE)
+            w_high = tl.reshape(high * scale, [BLOCK_W, HALF_K]).to(DOT_DTYPE)
             acc = tl.dot(a_even.to(DOT_DTYPE), tl.trans(w_low), acc, input_precision=INPUT_PRECISION)
             acc = tl.dot(a_odd.to(DOT_DTYPE), tl.trans(w_high), acc, input_precision=INPUT_PRECISION)
         return acc
@@ -313,7 +290,7 @@ if triton is not None:
             x_ptr, blocks_ptr, scales_ptr, bias_ptr, act_ptr, tile_expert_ptr, row_slot_ptr,
             num_experts, hidden, inter, w_row_bytes, stride_x_tok, stride_bias_expert, swiglu_limit, swiglu_alpha,
             TOP_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-            DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, FP16_DECODE: tl.constexpr):
+            DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):
         """Grid (tiles, I / BLOCK_N): act[row, c] = swiglu(x[token] @ W_gu[e, 2c:2c+2]^T + bias) for one tile.
 
         The program takes the 2*BLOCK_N consecutive gate_up rows (gate, up interleaved) of its BLOCK_N
@@ -332,7 +309,7 @@ if triton is not None:
         w_row = expert.to(tl.int64) * 2 * inter + w_out
         acc = _mxfp4_tile_product(x_ptr + token * stride_x_tok, row_valid, blocks_ptr + w_row * w_row_bytes,
                                   scales_ptr + w_row * (hidden // 32), w_valid, hidden,
-                                  BLOCK_M, 2 * BLOCK_N, BLOCK_K, DOT_DTYPE, INPUT_PRECISION, FP16_DECODE)
+                                  BLOCK_M, 2 * BLOCK_N, BLOCK_K, DOT_DTYPE, INPUT_PRECISION)
         bias = tl.load(bias_ptr + expert * stride_bias_expert + w_out, mask=w_valid, other=0.0).to(tl.float32)
         gate, up = tl.split(tl.reshape(acc + bias[None, :], [BLOCK_M, BLOCK_N, 2]))
         gate = tl.minimum(gate, swiglu_limit)
@@ -347,7 +324,7 @@ if triton is not None:
             act_ptr, blocks_ptr, scales_ptr, bias_ptr, weights_ptr, out_ptr, tile_expert_ptr, row_slot_ptr,
             num_experts, hidden, inter, w_row_bytes, stride_bias_expert,
             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-            DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, FP16_DECODE: tl.constexpr):
+            DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):
         """Grid (tiles, H / BLOCK_N): out[slot, n] = weight[slot] * (act[row] @ W_d[e, n]^T + bias[e, n])."""
         tile = tl.program_id(0)
         expert = tl.load(tile_expert_ptr + tile)
@@ -361,7 +338,7 @@ if triton is not None:
         w_row = expert.to(tl.int64) * hidden + cols
         acc = _mxfp4_tile_product(act_ptr + rows.to(tl.int64) * inter, row_valid, blocks_ptr + w_row * w_row_bytes,
                                   scales_ptr + w_row * (inter // 32), col_valid, inter,
-                                  BLOCK_M, BLOCK_N, BLOCK_K, DOT_DTYPE, INPUT_PRECISION, FP16_DECODE)
+                                  BLOCK_M, BLOCK_N, BLOCK_K, DOT_DTYPE, INPUT_PRECISION)
         bias = tl.load(bias_ptr + expert * stride_bias_expert + cols, mask=col_valid, other=0.0).to(tl.float32)
         routing = tl.load(weights_ptr + slot, mask=row_valid, other=0.0)
         y = (acc + bias[None, :]) * routing[:, None]

@@ -3,7 +3,8 @@
 Unfused, a decode step spends about a dozen tiny kernels per layer on this (rotate halves, concatenate,
 cast, clamp for fp8, two indexed writes); each is launch- and latency-bound, and 24 layers of them cost a
 visible share of a batch-1 token. One program per token reads q, k, v once and writes q_rot and the cache.
-Slots < 0 are skipped, so padded rows of a CUDA-graph batch write nothing.
+Slots < 0 are skipped. The paged backend calls it on GPU (`PagedAttentionBackend.forward`), where every
+slot is valid: padded rows of a CUDA-graph batch write to a scratch page instead.
 """
 from __future__ import annotations
 

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from oss_serve.attention.base import AttentionBackend
 from oss_serve.kernels.rms_norm import rms_norm
 from oss_serve.model.config import ModelConfig
 from oss_serve.model.moe import MoE
-from oss_serve.model.rope import RotaryEmbedding, apply_rotary
+from oss_serve.model.rope import RotaryEmbedding
 
 
 class RMSNorm(nn.Module):
@@ -45,13 +46,31 @@ class Attention(nn.Module):
         self.o_proj = _linear(self.num_heads * self.head_dim, H, True, dtype, device)
         # Sinks stay fp32: they are single logits and the softmax runs in fp32.
         self.sinks = nn.Parameter(torch.empty(self.num_heads, dtype=torch.float32, device=device), requires_grad=False)
+        # q/k/v_proj's weights and biases side by side, [Nq + 2Nk, H] and [Nq + 2Nk]: see fuse_qkv().
+        # Buffers, so that they follow the module to another device (the parameters then stop being views).
+        self.register_buffer("qkv_weight", None, persistent=False)
+        self.register_buffer("qkv_bias", None, persistent=False)
+
+    def fuse_qkv(self) -> None:
+        """Move the q, k and v projections into one weight and one bias, the three projections' parameters
+        becoming views of them, so that one GEMM computes all three. Called once the weights are loaded:
+        the loader and tensor-parallel slicing keep filling the checkpoint's three tensors."""
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        self.qkv_weight = torch.cat([p.weight for p in projections])
+        self.qkv_bias = torch.cat([p.bias for p in projections])
+        start = 0
+        for p in projections:
+            # Replacing .data frees the separate copy: no memory is held twice.
+            p.weight.data = self.qkv_weight[start:start + p.out_features]
+            p.bias.data = self.qkv_bias[start:start + p.out_features]
+            start += p.out_features
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn: AttentionBackend) -> torch.Tensor:
         T = x.shape[0]
-        q = apply_rotary(self.q_proj(x).view(T, self.num_heads, self.head_dim), cos, sin)
-        k = apply_rotary(self.k_proj(x).view(T, self.num_kv_heads, self.head_dim), cos, sin)
-        v = self.v_proj(x).view(T, self.num_kv_heads, self.head_dim)
-        out = attn.forward(self.layer_id, q, k, v, self.sinks, self.window, self.scale)
+        qkv = F.linear(x, self.qkv_weight, self.qkv_bias).view(T, self.num_heads + 2 * self.num_kv_heads,
+                                                              self.head_dim)
+        q, k, v = qkv.split([self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=1)
+        out = attn.forward(self.layer_id, q, k, v, cos, sin, self.sinks, self.window, self.scale)
         return self.o_proj(out.reshape(T, self.num_heads * self.head_dim))
 
 
@@ -64,10 +83,18 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, device)
         self.mlp = MoE(config, dtype, device, packed_mxfp4)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn: AttentionBackend) -> torch.Tensor:
-        attn_out = self.self_attn(self.input_layernorm(x), cos, sin, attn)
-        normed, x = self.post_attention_layernorm(attn_out, residual=x)
-        return x + self.mlp(normed)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor,
+                attn: AttentionBackend) -> tuple[torch.Tensor, torch.Tensor]:
+        """x is the previous layer's MoE output, not yet added to the residual stream `residual` (the first
+        layer: the embeddings, residual None). Returns this layer's MoE output and the stream before it:
+        every add happens inside the norm that follows it, one kernel for both."""
+        if residual is None:
+            normed, residual = self.input_layernorm(x), x
+        else:
+            normed, residual = self.input_layernorm(x, residual=residual)
+        attn_out = self.self_attn(normed, cos, sin, attn)
+        normed, residual = self.post_attention_layernorm(attn_out, residual=residual)
+        return self.mlp(normed), residual
 
 
 class GptOssModel(nn.Module):
@@ -100,10 +127,15 @@ class GptOssForCausalLM(nn.Module):
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn: AttentionBackend) -> torch.Tensor:
         cos, sin = self.model.rotary.cos_sin(positions)
-        x = self.model.embed_tokens(input_ids)
+        x, residual = self.model.embed_tokens(input_ids), None
         for layer in self.model.layers:
-            x = layer(x, cos, sin, attn)
-        return self.model.norm(x)
+            x, residual = layer(x, residual, cos, sin, attn)
+        hidden, _ = self.model.norm(x, residual=residual)
+        return hidden
+
+    def fuse_qkv(self) -> None:
+        for layer in self.model.layers:
+            layer.self_attn.fuse_qkv()
 
     @torch.inference_mode()
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -115,6 +115,7 @@ def load_model(model_path: str, *, dtype: str | torch.dtype = "auto", device: st
         for name, param in model.named_parameters():
             if not shard.adds_bias(name):
                 param.zero_()
+    model.fuse_qkv()
     model.eval()
     params_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     logger.info("Loaded %s: %d layers, %.2f GiB of weights in %s on %s", folder, config.num_layers,

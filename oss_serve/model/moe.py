@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from oss_serve.kernels.router_topk import router_topk
 from oss_serve.model.config import ModelConfig
 
 
@@ -17,9 +18,7 @@ class Router(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns expert ids [T, k] and their fp32 weights [T, k] (softmax over the chosen k only)."""
-        logits = nn.functional.linear(x, self.weight, self.bias)
-        top_logits, top_ids = torch.topk(logits, self.top_k, dim=-1)
-        return top_ids, torch.softmax(top_logits.float(), dim=-1)
+        return router_topk(nn.functional.linear(x, self.weight, self.bias), self.top_k)
 
 
 def swiglu_clamped(gate_up: torch.Tensor, limit: float, alpha: float) -> torch.Tensor:
