@@ -200,6 +200,8 @@ MOE_VARIANTS: dict[str, dict] = {
     "default": {},
     "decode": dict(path="decode"),
     "grouped": dict(path="grouped"),
+    "word": dict(path="decode", decode_tiles=DecodeTiles(8, 8, 512, 4, word_decode=True)),
+    "word_grouped": dict(path="grouped", grouped_tiles=GroupedTiles(word_decode=True)),
 }
 
 
@@ -211,7 +213,8 @@ def describe_moe_defaults() -> None:
 
 def moe_correctness(experts: dict[str, torch.Tensor]) -> None:
     for num_tokens, variant in ((1, "decode"), (8, "decode"), (length(32), "decode"), (33, "grouped"),
-                                (length(256), "grouped")):
+                                (length(256), "grouped"), (1, "word"), (8, "word"), (1, "word_grouped"),
+                                (33, "word_grouped"), (length(256), "word_grouped")):
         x, ids, weights = make_tokens(num_tokens, seed=num_tokens)
         expected = moe_mxfp4_reference(x.float(), ids, weights, **experts)
         actual = moe_mxfp4(x, ids, weights, **experts, **MOE_VARIANTS[variant])
@@ -252,20 +255,30 @@ def moe_cases(experts: dict[str, torch.Tensor], dense: list[TorchExperts]) -> li
     cases: list[tuple[str, object]] = []
     for num_tokens in (1, 4, 16, 64, 256, 1024, 4096):
         cases.append((f"moe T={num_tokens}", lambda t=num_tokens: moe_timing(experts, torch_dense(t), length(t))))
+        word = "word" if num_tokens * TOP_K <= DECODE_MAX_SLOTS else "word_grouped"
+        cases.append((f"moe T={num_tokens} {word}", lambda t=num_tokens, v=word: moe_timing(experts, None, length(t), v)))
     cases.append(("moe cuda graph", lambda: moe_graph_check(experts)))
-    for tiles in (DecodeTiles(8, 8, 512, 4), DecodeTiles(8, 4, 512, 4), DecodeTiles(16, 8, 512, 4),
-                  DecodeTiles(8, 8, 1024, 4), DecodeTiles(4, 4, 512, 2)):
-        for num_tokens in (1, 4):
-            cases.append((f"moe decode sweep T={num_tokens} {tiles}",
-                          lambda t=num_tokens, d=tiles: moe_timing(experts, None, length(t), "decode",
-                                                                   decode_tiles=d)))
-    for num_tokens in (64, 256):
-        for tiles in (GroupedTiles(block_m=32, block_n=64, block_k=128, num_warps=4),
-                      GroupedTiles(block_m=64, block_n=64, block_k=128, num_warps=4),
-                      GroupedTiles(block_m=64, block_n=128, block_k=64, num_warps=8)):
-            cases.append((f"moe grouped sweep T={num_tokens} {tiles}",
-                          lambda t=num_tokens, g=tiles: moe_timing(experts, None, length(t), "grouped",
-                                                                   grouped_tiles=g)))
+    sweeps: list[tuple[int, str, object]] = []
+    for tiles in (DecodeTiles(8, 8, 256, 2, word_decode=True), DecodeTiles(16, 8, 512, 4, word_decode=True),
+                  DecodeTiles(8, 4, 512, 4, word_decode=True), DecodeTiles(4, 4, 512, 2, word_decode=True)):
+        sweeps += [(1, "decode", tiles), (4, "decode", tiles)]
+    for block_m, block_n, block_k, warps in ((16, 32, 128, 4), (16, 64, 128, 4), (16, 64, 256, 4)):
+        tiles = GroupedTiles(block_m=block_m, block_n=block_n, block_k=block_k, num_warps=warps, word_decode=True)
+        sweeps += [(1, "grouped", tiles), (4, "grouped", tiles), (16, "grouped", tiles)]
+    for block_m, block_n, block_k, warps in ((16, 64, 128, 4), (32, 64, 128, 4), (64, 64, 128, 4),
+                                             (64, 128, 128, 8), (64, 64, 256, 4), (128, 64, 128, 8)):
+        tiles = GroupedTiles(block_m=block_m, block_n=block_n, block_k=block_k, num_warps=warps, word_decode=True)
+        sweeps += [(64, "grouped", tiles), (256, "grouped", tiles)]
+    for block_m, block_n, block_k, warps, stages in ((128, 64, 128, 8, 3), (128, 128, 64, 8, 3), (64, 128, 128, 4, 3),
+                                                     (128, 64, 64, 4, 4)):
+        tiles = GroupedTiles(block_m=block_m, block_n=block_n, block_k=block_k, num_warps=warps, num_stages=stages,
+                             word_decode=True)
+        sweeps += [(1024, "grouped", tiles), (4096, "grouped", tiles)]
+    for num_tokens, path, tiles in sweeps:
+        option = "decode_tiles" if path == "decode" else "grouped_tiles"
+        cases.append((f"moe word sweep T={num_tokens} {tiles}",
+                      lambda t=num_tokens, p=path, o=option, g=tiles: moe_timing(experts, None, length(t), p,
+                                                                                 **{o: g})))
     return cases
 
 

@@ -1,6 +1,8 @@
 """MXFP4 MoE kernels against the torch reference (CPU: in a TRITON_INTERPRET=1 child; GPU: natively)."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -97,6 +99,26 @@ def test_decode_partial_column_blocks_and_k_steps() -> None:
     # hidden 96 = 1.5 K steps of 64 for gate_up, and 1.5 column blocks of 64 for down; inter 96 likewise.
     check(3, hidden=96, inter=96, path="decode",
           decode_tiles=DecodeTiles(gate_up_block_n=64, down_block_n=64, block_k=64, num_warps=4))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("num_tokens", [1, 2, 5, 8])
+def test_word_decode_matches_byte_decode(num_tokens: int, dtype: torch.dtype) -> None:
+    # hidden 160 and inter 96 against block_k 64 and 64 columns a program: partial K steps and partial column
+    # blocks in both kernels.
+    shape = dict(num_experts=8, top_k=4, hidden=160, inter=96, dtype=dtype, seed=num_tokens, path="decode")
+    for name in ("gate_up_blocks", "down_blocks"):
+        codes = make_experts(8, 160, 96, seed=num_tokens)[name]
+        codes = torch.stack([codes & 15, codes >> 4], dim=-1).view(-1, 8)  # a word's 8 codes, in element order
+        # Every code, the negative ones included, at every position of a word.
+        assert all(codes[:, element].unique().numel() == 16 for element in range(8))
+    tiles = DecodeTiles(gate_up_block_n=64, down_block_n=64, block_k=64, num_warps=4)
+    atol = 1e-4 if dtype == torch.float32 else 1e-2
+    by_byte = check(num_tokens, atol=atol, decode_tiles=tiles, **shape)
+    by_word = check(num_tokens, atol=atol, decode_tiles=replace(tiles, word_decode=True), **shape)
+    # The same products summed in another order; a bf16 output may round to the neighbouring value.
+    tol = 1e-5 if dtype == torch.float32 else 2 ** -8
+    torch.testing.assert_close(by_word.float(), by_byte.float(), rtol=tol, atol=tol * by_byte.abs().max().item())
 
 
 def test_decode_path_is_deterministic() -> None:

@@ -98,8 +98,10 @@ class TensorParallelLeader:
         self.send(KVCacheLayout(layer_windows, num_full_pages, num_sliding_pages, page_size, dtype))
 
     def make_runner(self, model: torch.nn.Module, cache: PagedKVCache, device: torch.device,
-                    attention_backend: str) -> TensorParallelRunner:
-        return TensorParallelRunner(model, cache, device, attention_backend, self)
+                    attention_backend: str, max_running_requests: int, max_pages_per_seq: int
+                    ) -> TensorParallelRunner:
+        return TensorParallelRunner(model, cache, device, attention_backend, max_running_requests, max_pages_per_seq,
+                                    self)
 
     def shutdown(self) -> None:
         """Stop the workers (on every node) and leave the group. Safe to call twice."""

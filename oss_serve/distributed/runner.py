@@ -19,8 +19,8 @@ class TensorParallelRunner(ModelRunner):
     run the same forward and meet at the same all-reduces. Sampling stays on rank 0."""
 
     def __init__(self, model: torch.nn.Module, cache: PagedKVCache, device: torch.device, attention_backend: str,
-                 leader: TensorParallelLeader) -> None:
-        super().__init__(model, cache, device, attention_backend)
+                 max_running_requests: int, max_pages_per_seq: int, leader: TensorParallelLeader) -> None:
+        super().__init__(model, cache, device, attention_backend, max_running_requests, max_pages_per_seq)
         self.leader = leader
 
     def _prepare(self, batch: list[ScheduledSeq]) -> tuple[torch.Tensor, torch.Tensor, PagedBatch]:

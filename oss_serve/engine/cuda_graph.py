@@ -1,10 +1,11 @@
 """Decode steps captured as CUDA graphs, one per padded batch size, and replayed.
 
 A decode step of a small batch is a few hundred tiny kernels; launching them one by one from Python
-costs more than running them. Every input of the step lives in a static buffer sized for the largest
-batch; a replay copies the step's inputs in, pads the unused rows so that they attend to one token
-(read-only, through whatever valid page ids their table rows still hold) and write their k/v into a
-scratch page no request owns, and returns the logits rows.
+costs more than running them. The per-sequence inputs of a step (token, position, the two KV slots and
+the sequence's page-table row) live in one static int64 block, so a replay is one host-to-device copy
+plus the graph: page tables are gathered from the runner's device mirror and sequence lengths derived
+from positions inside the graph. Padding rows attend to one token through row 0 of the mirror (whatever
+it holds are valid page ids) and write their k/v into a scratch page no request owns.
 """
 from __future__ import annotations
 
@@ -14,8 +15,12 @@ import time
 import torch
 
 from oss_serve.attention.paged import PagedAttentionBackend, PagedBatch, PagedKVCache
+from oss_serve.engine.page_table import PageTableMirror
 
 logger = logging.getLogger(__name__)
+
+# Rows of the static input block.
+TOKEN, POSITION, FULL_SLOT, SLIDING_SLOT, TABLE_ROW = range(5)
 
 
 def graph_batch_sizes(max_batch_size: int) -> list[int]:
@@ -25,36 +30,29 @@ def graph_batch_sizes(max_batch_size: int) -> list[int]:
 
 
 class DecodeGraphs:
-    def __init__(self, model: torch.nn.Module, cache: PagedKVCache, max_batch_size: int, max_pages: int,
-                 device: torch.device) -> None:
-        self.model, self.cache, self.device = model, cache, device
-        self.max_pages = max_pages
+    def __init__(self, model: torch.nn.Module, cache: PagedKVCache, page_tables: PageTableMirror,
+                 max_batch_size: int, device: torch.device) -> None:
+        self.model, self.cache, self.page_tables, self.device = model, cache, page_tables, device
         self.sizes = graph_batch_sizes(max_batch_size)
-        self.max_batch_size = self.sizes[-1]
-        n, ps = self.max_batch_size, cache.page_size
-        self.input_ids = torch.zeros(n, dtype=torch.long, device=device)
-        self.positions = torch.zeros(n, dtype=torch.long, device=device)
+        self.max_batch_size = n = self.sizes[-1]
+        ps = cache.page_size
+        self.padding = torch.tensor([0, 0, cache.full_scratch_page * ps, cache.sliding_scratch_page * ps, 0])
+        self.inputs = self.padding[:, None].repeat(1, n).to(device)
+        # Pinned, so the copy is one DMA; rewriting it is safe: each step's sampling syncs before the next.
+        self.staging = self.padding[:, None].repeat(1, n).pin_memory()
         self.cu_q_lens = torch.arange(n + 1, dtype=torch.int32, device=device)
-        self.seq_lens = torch.ones(n, dtype=torch.int32, device=device)
-        self.full_table = torch.zeros(n, max_pages, dtype=torch.int32, device=device)
-        self.sliding_table = torch.zeros(n, max_pages, dtype=torch.int32, device=device)
-        self.full_scratch_slot = cache.full_scratch_page * ps
-        self.sliding_scratch_slot = cache.sliding_scratch_page * ps
-        self.full_slots = torch.full((n,), self.full_scratch_slot, dtype=torch.long, device=device)
-        self.sliding_slots = torch.full((n,), self.sliding_scratch_slot, dtype=torch.long, device=device)
         self.backend = PagedAttentionBackend(cache)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.logits: dict[int, torch.Tensor] = {}
         self._capture_all()
 
-    def _batch_view(self, bs: int) -> PagedBatch:
-        return PagedBatch(cu_q_lens=self.cu_q_lens[:bs + 1], seq_lens=self.seq_lens[:bs],
-                          full_page_table=self.full_table[:bs], sliding_page_table=self.sliding_table[:bs],
-                          full_slots=self.full_slots[:bs], sliding_slots=self.sliding_slots[:bs], layout=None)
-
     def _forward(self, bs: int) -> torch.Tensor:
-        self.backend.prepare(self._batch_view(bs))
-        hidden = self.model.forward(self.input_ids[:bs], self.positions[:bs], self.backend)
+        tokens, positions, full_slots, sliding_slots, rows = self.inputs[:, :bs]
+        self.backend.prepare(PagedBatch(
+            cu_q_lens=self.cu_q_lens[:bs + 1], seq_lens=(positions + 1).to(torch.int32),
+            full_page_table=self.page_tables.full[rows], sliding_page_table=self.page_tables.sliding[rows],
+            full_slots=full_slots, sliding_slots=sliding_slots, layout=None))
+        hidden = self.model.forward(tokens, positions, self.backend)
         return self.model.compute_logits(hidden)
 
     @torch.inference_mode()
@@ -77,27 +75,17 @@ class DecodeGraphs:
         logger.info("Captured CUDA graphs for decode batch sizes %s in %.1f s", self.sizes,
                     time.perf_counter() - start)
 
-    def fits(self, num_seqs: int, num_pages: int) -> bool:
-        return num_seqs <= self.max_batch_size and num_pages <= self.max_pages
+    def fits(self, num_seqs: int) -> bool:
+        return num_seqs <= self.max_batch_size
 
-    def replay(self, input_ids: torch.Tensor, positions: torch.Tensor, seq_lens: torch.Tensor,
-               full_table: torch.Tensor, sliding_table: torch.Tensor, full_slots: torch.Tensor,
-               sliding_slots: torch.Tensor) -> torch.Tensor:
-        """Host tensors for `n` one-token sequences in; logits [n, vocab] out (a view of a static buffer:
-        read it before the next replay)."""
-        n, width = input_ids.shape[0], full_table.shape[1]
+    def replay(self, inputs: torch.Tensor) -> torch.Tensor:
+        """inputs: int64 [5, n] host rows (token, position, full slot, sliding slot, page-table row) of `n`
+        one-token sequences whose pages the mirror holds. Returns logits [n, vocab]: a view of a static buffer,
+        to be read before the next replay."""
+        n = inputs.shape[1]
         bs = next(s for s in self.sizes if s >= n)
-        self.input_ids[:n].copy_(input_ids, non_blocking=True)
-        self.positions[:n].copy_(positions, non_blocking=True)
-        self.seq_lens[:n].copy_(seq_lens, non_blocking=True)
-        self.full_table[:n, :width].copy_(full_table, non_blocking=True)
-        self.sliding_table[:n, :width].copy_(sliding_table, non_blocking=True)
-        self.full_slots[:n].copy_(full_slots, non_blocking=True)
-        self.sliding_slots[:n].copy_(sliding_slots, non_blocking=True)
-        if n < bs:  # padding rows: one token at position 0, k/v written to the scratch pages
-            self.positions[n:bs].zero_()
-            self.seq_lens[n:bs].fill_(1)
-            self.full_slots[n:bs].fill_(self.full_scratch_slot)
-            self.sliding_slots[n:bs].fill_(self.sliding_scratch_slot)
+        self.staging[:, :n] = inputs
+        self.staging[:, n:bs] = self.padding[:, None]
+        self.inputs.copy_(self.staging, non_blocking=True)  # whole (contiguous): at most a few KiB
         self.graphs[bs].replay()
         return self.logits[bs][:n]

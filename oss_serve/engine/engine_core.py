@@ -178,20 +178,23 @@ class EngineCore:
             # A chunk plus the window before it must fit the sliding pool.
             chunk = max(1, min(chunk, (num_sliding_pages - 2) * ps - window))
         chunk = max(1, min(chunk, (num_full_pages - 1) * ps))
+        max_running = args.max_running_requests or DEFAULT_MAX_RUNNING_REQUESTS
         self.scheduler = Scheduler(SchedulerConfig(
             page_size=ps, num_full_pages=num_full_pages, num_sliding_pages=num_sliding_pages,
-            sliding_window=window, max_running_requests=args.max_running_requests or DEFAULT_MAX_RUNNING_REQUESTS,
+            sliding_window=window, max_running_requests=max_running,
             max_step_tokens=max(args.max_prefill_tokens, chunk), chunk_size=chunk,
             enable_prefix_cache=not args.disable_radix_cache))
         self.cache = PagedKVCache(layer_windows, num_full_pages, num_sliding_pages, ps, config.num_kv_heads,
                                   config.head_dim, kv_dtype, self.device)
-        if self.tp is not None:  # workers build the same page pools, each holding its own KV heads
-            self.tp.send_kv_cache_layout(layer_windows, num_full_pages, num_sliding_pages, ps, kv_dtype)
-            self.runner = self.tp.make_runner(model, self.cache, self.device, args.attention_backend)
-        else:
-            self.runner = ModelRunner(model, self.cache, self.device, args.attention_backend)
         # A sequence must fit the full-attention pool.
         self.context_length = min(self.context_length, num_full_pages * ps)
+        max_pages_per_seq = -(-self.context_length // ps)
+        runner_args = (model, self.cache, self.device, args.attention_backend, max_running, max_pages_per_seq)
+        if self.tp is not None:  # workers build the same page pools, each holding its own KV heads
+            self.tp.send_kv_cache_layout(layer_windows, num_full_pages, num_sliding_pages, ps, kv_dtype)
+            self.runner = self.tp.make_runner(*runner_args)
+        else:
+            self.runner = ModelRunner(*runner_args)
         # Graphs need kernels without host syncs: the Triton attention and MXFP4 MoE paths.
         graphable = args.attention_backend != "torch" and getattr(model, "packed_mxfp4", False)
         if self.device.type == "cuda" and not args.disable_cuda_graph and not graphable:
@@ -201,9 +204,7 @@ class EngineCore:
             logger.info("CUDA graphs off: not yet captured on tensor-parallel worker ranks")
             graphable = False
         if self.device.type == "cuda" and not args.disable_cuda_graph and graphable:
-            max_running = args.max_running_requests or DEFAULT_MAX_RUNNING_REQUESTS
-            self.runner.enable_cuda_graphs(min(args.cuda_graph_max_bs or DEFAULT_CUDA_GRAPH_MAX_BS, max_running),
-                                           -(-self.context_length // ps))
+            self.runner.enable_cuda_graphs(min(args.cuda_graph_max_bs or DEFAULT_CUDA_GRAPH_MAX_BS, max_running))
         logger.info("KV cache: %d tokens per full-attention layer, %d per sliding-window layer, page size %d, %s; "
                     "context length %d", num_full_pages * ps, num_sliding_pages * ps, ps,
                     str(kv_dtype).removeprefix("torch."), self.context_length)

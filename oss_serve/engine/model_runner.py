@@ -5,91 +5,99 @@ import torch
 
 from oss_serve.attention.paged import BatchLayout, PagedAttentionBackend, PagedBatch, PagedKVCache
 from oss_serve.engine.outputs import TokenLogprob
-from oss_serve.engine.radix_cache import NO_PAGE
+from oss_serve.engine.page_table import PageTableMirror
 from oss_serve.engine.request import Request
 from oss_serve.engine.sampler import sample
 from oss_serve.engine.scheduler import ScheduledSeq
 
 
 class ModelRunner:
-    def __init__(self, model: torch.nn.Module, cache: PagedKVCache, device: torch.device,
-                 attention_backend: str = "auto") -> None:
+    def __init__(self, model: torch.nn.Module, cache: PagedKVCache, device: torch.device, attention_backend: str,
+                 max_running_requests: int, max_pages_per_seq: int) -> None:
         self.model = model
         self.cache = cache
         self.device = device
         self.page_size = cache.page_size
         self.backend = PagedAttentionBackend(cache, use_triton=attention_backend != "torch")
+        self.page_tables = PageTableMirror(max_running_requests, max_pages_per_seq, device)
         self.graphs = None  # DecodeGraphs once enable_cuda_graphs() ran
 
-    def _prepare(self, batch: list[ScheduledSeq]) -> tuple[torch.Tensor, torch.Tensor, PagedBatch]:
+    def _token_columns(self, batch: list[ScheduledSeq]) -> tuple[list[int], list[int], list[int], list[int]]:
+        """Per new token: its id, position, and KV slot (page * page_size + offset) in the full and sliding pools."""
         ps = self.page_size
         input_ids: list[int] = []
-        q_lens: list[int] = []
-        seq_lens: list[int] = []
-        starts: list[int] = []
+        positions: list[int] = []
+        full_slots: list[int] = []
+        sliding_slots: list[int] = []
         for seq in batch:
-            request, start = seq.request, seq.request.num_computed
-            input_ids.extend(request.token_ids[start:start + seq.num_new_tokens])
-            q_lens.append(seq.num_new_tokens)
-            seq_lens.append(start + seq.num_new_tokens)
-            starts.append(start)
-        num_pages = max(-(-n // ps) for n in seq_lens)
-        full_rows = [seq.request.full_pages[:num_pages] + [0] * (num_pages - len(seq.request.full_pages[:num_pages]))
-                     for seq in batch]
-        sliding_rows = [[p if p != NO_PAGE else 0 for p in seq.request.sliding_pages[:num_pages]] for seq in batch]
-        sliding_rows = [row + [0] * (num_pages - len(row)) for row in sliding_rows]
+            request, start, n = seq.request, seq.request.num_computed, seq.num_new_tokens
+            input_ids.extend(request.token_ids[start:start + n])
+            full, sliding = request.full_pages, request.sliding_pages
+            if n == 1:  # a decode: plain arithmetic beats tensor ops
+                positions.append(start)
+                full_slots.append(full[start // ps] * ps + start % ps)
+                sliding_slots.append(sliding[start // ps] * ps + start % ps if sliding else start % ps)
+                continue
+            span = torch.arange(start, start + n)
+            first, last = start // ps, (start + n - 1) // ps
+            logical, offset = span // ps - first, span % ps
+            positions.extend(span.tolist())
+            full_slots.extend((torch.tensor(full[first:last + 1])[logical] * ps + offset).tolist())
+            if sliding:  # the chunk's own pages are in its window, never NO_PAGE
+                sliding_slots.extend((torch.tensor(sliding[first:last + 1])[logical] * ps + offset).tolist())
+            else:
+                sliding_slots.extend(offset.tolist())
+        return input_ids, positions, full_slots, sliding_slots
+
+    def _prepare(self, batch: list[ScheduledSeq]) -> tuple[torch.Tensor, torch.Tensor, PagedBatch]:
+        input_ids, positions, full_slots, sliding_slots = self._token_columns(batch)
+        q_lens = [seq.num_new_tokens for seq in batch]
+        seq_lens = [seq.request.num_computed + seq.num_new_tokens for seq in batch]
+        full_table, sliding_table = self.page_tables.gather(
+            torch.tensor([seq.request.table_row for seq in batch]), max(-(-n // self.page_size) for n in seq_lens))
         cu = [0]
         for n in q_lens:
             cu.append(cu[-1] + n)
-        full_table = torch.tensor(full_rows, dtype=torch.int32)
-        sliding_table = torch.tensor(sliding_rows, dtype=torch.int32)
-        if len(input_ids) == len(batch):  # all decodes: one position per sequence
-            positions = torch.tensor(starts, dtype=torch.long)
-            row_of_token = torch.arange(len(batch))
-        else:
-            positions = torch.cat([torch.arange(s, s + n) for s, n in zip(starts, q_lens)])
-            row_of_token = torch.repeat_interleave(torch.arange(len(batch)), torch.tensor(q_lens))
-        logical = positions // ps
-        offset = positions % ps
-        full_slots = full_table[row_of_token, logical].long() * ps + offset
-        sliding_slots = sliding_table[row_of_token, logical].long() * ps + offset
-        # Host tensors; `_to_device` moves them unless a CUDA graph takes them as they are.
+        # Host tensors but the tables (already on the device); `_to_device` moves the rest.
         paged = PagedBatch(
             cu_q_lens=torch.tensor(cu, dtype=torch.int32), seq_lens=torch.tensor(seq_lens, dtype=torch.int32),
             full_page_table=full_table, sliding_page_table=sliding_table,
-            full_slots=full_slots, sliding_slots=sliding_slots,
+            full_slots=torch.tensor(full_slots, dtype=torch.long),
+            sliding_slots=torch.tensor(sliding_slots, dtype=torch.long),
             layout=BatchLayout(tuple(q_lens), tuple(seq_lens), tuple(cu[:-1])),
         )
-        return torch.tensor(input_ids, dtype=torch.long), positions, paged
+        return torch.tensor(input_ids, dtype=torch.long), torch.tensor(positions, dtype=torch.long), paged
 
     def _to_device(self, input_ids: torch.Tensor, positions: torch.Tensor, paged: PagedBatch
                    ) -> tuple[torch.Tensor, torch.Tensor, PagedBatch]:
         device = self.device
         if device.type == "cpu":
             return input_ids, positions, paged
-        moved = PagedBatch(paged.cu_q_lens.to(device), paged.seq_lens.to(device),
-                           paged.full_page_table.to(device), paged.sliding_page_table.to(device),
-                           paged.full_slots.to(device), paged.sliding_slots.to(device), paged.layout)
+        moved = PagedBatch(paged.cu_q_lens.to(device), paged.seq_lens.to(device), paged.full_page_table,
+                           paged.sliding_page_table, paged.full_slots.to(device), paged.sliding_slots.to(device),
+                           paged.layout)
         return input_ids.to(device), positions.to(device), moved
 
-    def enable_cuda_graphs(self, max_batch_size: int, max_pages: int) -> None:
+    def enable_cuda_graphs(self, max_batch_size: int) -> None:
         from oss_serve.engine.cuda_graph import DecodeGraphs
 
-        self.graphs = DecodeGraphs(self.model, self.cache, max_batch_size, max_pages, self.device)
+        self.graphs = DecodeGraphs(self.model, self.cache, self.page_tables, max_batch_size, self.device)
 
     @torch.inference_mode()
     def step(self, batch: list[ScheduledSeq], sample_rows: list[int]
              ) -> tuple[list[int], list[TokenLogprob | None]]:
         """Run the batch; sample the next token for the batch entries listed in `sample_rows`
         (those whose step computes their last known token)."""
-        input_ids, positions, paged = self._prepare(batch)
-        all_decode = len(input_ids) == len(batch)
-        if self.graphs is not None and all_decode and self.graphs.fits(len(batch), paged.full_page_table.shape[1]):
-            logits = self.graphs.replay(input_ids, positions, paged.seq_lens, paged.full_page_table,
-                                        paged.sliding_page_table, paged.full_slots, paged.sliding_slots)
-            logits = logits[sample_rows]
+        self.page_tables.sync([seq.request for seq in batch])
+        all_decode = all(seq.num_new_tokens == 1 for seq in batch)
+        if self.graphs is not None and all_decode and self.graphs.fits(len(batch)):
+            columns = self._token_columns(batch)
+            rows = [seq.request.table_row for seq in batch]
+            logits = self.graphs.replay(torch.tensor([*columns, rows], dtype=torch.long))
+            if len(sample_rows) < len(batch):  # else every row: no copy of [batch, vocab] floats
+                logits = logits[sample_rows]
         else:
-            input_ids, positions, paged = self._to_device(input_ids, positions, paged)
+            input_ids, positions, paged = self._to_device(*self._prepare(batch))
             self.backend.prepare(paged)
             hidden = self.model.forward(input_ids, positions, self.backend)
             if not sample_rows:

@@ -33,6 +33,7 @@ class Request:
     full_pages: list[int] = field(default_factory=list)  # logical page -> physical page
     sliding_pages: list[int] = field(default_factory=list)  # same, NO_PAGE once outside the window
     sliding_released: int = 0  # logical sliding pages below this index are released
+    table_row: int = -1  # while running: this request's row of the model runner's device page tables
     num_cached_tokens: int = -1  # prompt tokens served from the prefix cache at first admission
     status: Status = Status.WAITING
     finish_reason: FinishReason | None = None

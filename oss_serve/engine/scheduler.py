@@ -45,6 +45,7 @@ class Scheduler:
                              if config.enable_prefix_cache else None)
         self.waiting: collections.deque[Request] = collections.deque()
         self.running: list[Request] = []  # in admission order; the newest is preempted first
+        self._free_table_rows = list(range(config.max_running_requests - 1, -1, -1))
         self.num_preemptions = 0
         self.unservable: list[Request] = []  # set by schedule(): requests that can never get their pages
 
@@ -57,8 +58,7 @@ class Scheduler:
         if request.status is Status.WAITING:
             self.waiting.remove(request)
         elif request.status is Status.RUNNING:
-            self.running.remove(request)
-            self._release(request)
+            self._stop_running(request)
         request.status = Status.FINISHED
 
     def finish(self, request: Request) -> None:
@@ -135,9 +135,14 @@ class Scheduler:
         request.sliding_released = next((i for i, p in enumerate(match.sliding_pages) if p != NO_PAGE),
                                         match.num_pages)
 
-    def _preempt(self, request: Request) -> None:
+    def _stop_running(self, request: Request) -> None:
         self.running.remove(request)
         self._release(request)
+        self._free_table_rows.append(request.table_row)
+        request.table_row = -1
+
+    def _preempt(self, request: Request) -> None:
+        self._stop_running(request)
         request.status = Status.WAITING
         self.waiting.appendleft(request)
         self.num_preemptions += 1
@@ -187,6 +192,7 @@ class Scheduler:
             if request.num_cached_tokens < 0:
                 request.num_cached_tokens = min(request.num_computed, request.num_prompt_tokens)
             request.status = Status.RUNNING
+            request.table_row = self._free_table_rows.pop()
             self.running.append(request)
             batch.append(ScheduledSeq(request, chunk))
             budget -= chunk

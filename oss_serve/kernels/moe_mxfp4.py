@@ -44,12 +44,17 @@ DECODE_MAX_SLOTS = 16
 
 @dataclass(frozen=True)
 class GroupedTiles:
-    """Tiles of the grouped (prefill) kernels. block_m 0 means: choose from the rows per expert."""
+    """Tiles of the grouped (prefill) kernels. block_m 0 means: choose from the rows per expert.
+
+    word_decode reads the weights as int32 words and builds bf16 values two per 32-bit op in inline PTX (bf16
+    activations on CUDA; elsewhere a plain-Triton decode of the same words stands in, for the interpreter);
+    otherwise each byte is decoded through fp32 (`fp4_pair_as_fp16`)."""
     block_m: int = 0
     block_n: int = 64
     block_k: int = 128
     num_warps: int = 0  # 0: 8 for block_m >= 128, else 4
     num_stages: int = 3
+    word_decode: bool = False
 
 
 DEFAULT_GROUPED_TILES = GroupedTiles()
@@ -190,6 +195,13 @@ def _moe_mxfp4_grouped(x, expert_ids, expert_weights, gate_up_blocks, gate_up_sc
     dot_dtype = {"fp32": tl.float32, "bf16": tl.bfloat16, "fp16": tl.float16}[dot_name]
     precision = _support.dot_input_precision(dot_name)
 
+    word_decode = tiles.word_decode
+    use_asm = word_decode and x.is_cuda
+    assert not use_asm or dot_name == "bf16", "the PTX word decode makes bf16 weights for bf16 activations"
+    # Packed weights as the kernels read them: bytes, or int32 words (8 codes each); row length in those units.
+    per_unit = 8 if word_decode else 2
+    gate_up_w = gate_up_blocks.view(torch.int32) if word_decode else gate_up_blocks
+    down_w = down_blocks.view(torch.int32) if word_decode else down_blocks
     tile_expert, row_slot = _group_slots_triton(expert_ids, num_experts, block_m)
     max_tiles = tile_expert.shape[0]
     activation = torch.empty(max_tiles * block_m, inter, dtype=x.dtype, device=x.device)
@@ -197,17 +209,17 @@ def _moe_mxfp4_grouped(x, expert_ids, expert_weights, gate_up_blocks, gate_up_sc
     weights = expert_weights.reshape(-1).to(torch.float32).contiguous()
     # Row byte counts go in as arguments so that Triton sees them divisible by 16 (16-byte loads).
     common = dict(BLOCK_M=block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k, DOT_DTYPE=dot_dtype,
-                  INPUT_PRECISION=precision,
+                  INPUT_PRECISION=precision, WORD_DECODE=word_decode, USE_ASM=use_asm,
                   num_warps=tiles.num_warps or (8 if block_m >= 128 else 4),
                   num_stages=tiles.num_stages if x.is_cuda else 1)
 
     mxfp4_gate_up_swiglu_kernel[(max_tiles, triton.cdiv(inter, tiles.block_n))](
-        x, gate_up_blocks, gate_up_scales, gate_up_bias, activation, tile_expert, row_slot,
-        num_experts, hidden, inter, hidden // 2, x.stride(0), gate_up_bias.stride(0), swiglu_limit, swiglu_alpha,
+        x, gate_up_w, gate_up_scales, gate_up_bias, activation, tile_expert, row_slot,
+        num_experts, hidden, inter, hidden // per_unit, x.stride(0), gate_up_bias.stride(0), swiglu_limit, swiglu_alpha,
         TOP_K=top_k, **common)
     mxfp4_down_kernel[(max_tiles, triton.cdiv(hidden, tiles.block_n))](
-        activation, down_blocks, down_scales, down_bias, weights, per_slot, tile_expert, row_slot,
-        num_experts, hidden, inter, inter // 2, down_bias.stride(0), **common)
+        activation, down_w, down_scales, down_bias, weights, per_slot, tile_expert, row_slot,
+        num_experts, hidden, inter, inter // per_unit, down_bias.stride(0), **common)
     return per_slot.view(num_tokens, top_k, hidden).sum(dim=1).to(x.dtype)
 
 
@@ -250,39 +262,94 @@ if triton is not None:
         first_row = tl.load(tile_begin_ptr + ids, mask=valid, other=0) * BLOCK_M
         tl.store(row_slot_ptr + first_row + rank, slots, mask=valid)
 
+    # Eight e2m1 codes of an int32 word -> eight bf16 values. A code's magnitude bits placed at bf16 bits 6..8
+    # (sign at 15) read as its value times 2^-126 (the zero and half codes as bf16 subnormals); two codes
+    # that sit 16 bits apart are built in one register, multiplied back by 2^126 and by the block scale
+    # (exact: powers of two), and split into halves for free. Word bits 4j..4j+3 hold code j.
+    _WORD_TO_BF16_PTX = tl.constexpr("""{
+    .reg .b32 m, s, p, c;
+    mov.b32 c, 0x7E807E80;
+    and.b32 m, $8, 0x00070007; shl.b32 m, m, 6; and.b32 s, $8, 0x00080008; shl.b32 s, s, 12; or.b32 p, m, s;
+    mul.rn.bf16x2 p, p, c; mul.rn.bf16x2 p, p, $9; mov.b32 {$0, $4}, p;
+    and.b32 m, $8, 0x00700070; shl.b32 m, m, 2; and.b32 s, $8, 0x00800080; shl.b32 s, s, 8; or.b32 p, m, s;
+    mul.rn.bf16x2 p, p, c; mul.rn.bf16x2 p, p, $9; mov.b32 {$1, $5}, p;
+    and.b32 m, $8, 0x07000700; shr.b32 m, m, 2; and.b32 s, $8, 0x08000800; shl.b32 s, s, 4; or.b32 p, m, s;
+    mul.rn.bf16x2 p, p, c; mul.rn.bf16x2 p, p, $9; mov.b32 {$2, $6}, p;
+    and.b32 m, $8, 0x70007000; shr.b32 m, m, 6; and.b32 s, $8, 0x80008000; or.b32 p, m, s;
+    mul.rn.bf16x2 p, p, c; mul.rn.bf16x2 p, p, $9; mov.b32 {$3, $7}, p;
+    }""")
+
+    @triton.jit
+    def _words_to_values(words, exponent, OUT_DTYPE: tl.constexpr, USE_ASM: tl.constexpr):
+        """int32 words [R, G, 4] (a 32-block's 16 bytes per [r, g]) and their blocks' e8m0 exponents [R, G]
+        -> [R, G * 32] values in K order."""
+        if USE_ASM:
+            e = exponent.to(tl.int32)
+            # 2^(e - 127) as bf16 bits, twice; e = 0 is the subnormal 2^-127.
+            half = tl.where(e == 0, 0x40, e << 7)
+            scale2 = tl.broadcast_to((half | (half << 16))[:, :, None], words.shape)
+            e0, e1, e2, e3, e4, e5, e6, e7 = tl.inline_asm_elementwise(
+                _WORD_TO_BF16_PTX, "=h,=h,=h,=h,=h,=h,=h,=h,r,r", [words, scale2], dtype=(tl.bfloat16,) * 8,
+                is_pure=True, pack=1)
+        else:
+            scale = mxfp4_scale(exponent)[:, :, None]
+            e0, e1 = fp4_pair_as_fp16(words & 0xFF)
+            e2, e3 = fp4_pair_as_fp16((words >> 8) & 0xFF)
+            e4, e5 = fp4_pair_as_fp16((words >> 16) & 0xFF)
+            e6, e7 = fp4_pair_as_fp16((words >> 24) & 0xFF)
+            e0, e1, e2, e3 = (e0 * scale).to(OUT_DTYPE), (e1 * scale).to(OUT_DTYPE), (e2 * scale).to(OUT_DTYPE), \
+                (e3 * scale).to(OUT_DTYPE)
+            e4, e5, e6, e7 = (e4 * scale).to(OUT_DTYPE), (e5 * scale).to(OUT_DTYPE), (e6 * scale).to(OUT_DTYPE), \
+                (e7 * scale).to(OUT_DTYPE)
+        # join appends the new axis last: interleave so that the flattened [4 words, 2, 2, 2] is code order.
+        codes = tl.join(tl.join(tl.join(e0, e4), tl.join(e2, e6)), tl.join(tl.join(e1, e5), tl.join(e3, e7)))
+        return tl.reshape(codes, [words.shape[0], words.shape[1] * 32])
+
     @triton.jit
     def _mxfp4_tile_product(a_rows, a_row_valid, w_rows, s_rows, w_row_valid, K,
                             BLOCK_M: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_K: tl.constexpr,
-                            DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):
-        """fp32 [BLOCK_M, BLOCK_W] = A[rows, :K] @ W[w rows, :K]^T with W given as MXFP4 bytes and scales.
+                            DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, WORD_DECODE: tl.constexpr,
+                            USE_ASM: tl.constexpr):
+        """fp32 [BLOCK_M, BLOCK_W] = A[rows, :K] @ W[w rows, :K]^T with W given as MXFP4 codes and scales.
 
         a_rows: pointers to the start of each A row (contiguous along K); w_rows / s_rows: pointers to each
-        weight row's packed bytes (K / 2 of them) and scales (K / 32). Byte j holds elements 2j (low nibble)
-        and 2j+1 (high nibble), so A is split into even and odd columns instead of interleaving W.
+        weight row's packed codes (K / 2 bytes, or K / 8 int32 words with WORD_DECODE) and scales (K / 32).
+        Byte j holds elements 2j (low nibble) and 2j+1 (high nibble); the byte decode splits A into even and
+        odd columns instead of interleaving W, the word decode returns W in K order.
         (`tl.dot_scaled`, which takes the packed codes as they are, timed no faster on an H200: its
-        upcast on GPUs without fp4 MMAs costs as much as this decode.)
+        upcast on GPUs without fp4 MMAs costs as much as the byte decode.)
         """
         acc = tl.zeros([BLOCK_M, BLOCK_W], tl.float32)
+        # The word decode makes W the left operand: it stays in registers (Hopper's MMA reads its left operand
+        # from there) and its rows fill the MMA's M side even when few tokens share an expert.
+        acc_t = tl.zeros([BLOCK_W, BLOCK_M], tl.float32)
         HALF_K: tl.constexpr = BLOCK_K // 2
         GROUPS: tl.constexpr = BLOCK_K // 32
         for k_begin in range(0, K, BLOCK_K):
             cols = k_begin + tl.arange(0, BLOCK_K)
             a = tl.load(a_rows[:, None] + cols[None, :], mask=a_row_valid[:, None] & (cols < K)[None, :], other=0.0)
-            a_even, a_odd = tl.split(tl.reshape(a.to(tl.float32), [BLOCK_M, HALF_K, 2]))
-            # Bytes as [rows, 32-blocks, 16] so that each block's scale is loaded once and broadcast.
             group = k_begin // 32 + tl.arange(0, GROUPS)
             group_valid = group < K // 32
-            byte_mask = w_row_valid[:, None, None] & group_valid[None, :, None]
-            packed = tl.load(w_rows[:, None, None] + group[None, :, None] * 16
-                             + tl.arange(0, 16)[None, None, :], mask=byte_mask, other=0).to(tl.int32)
             exponent = tl.load(s_rows[:, None] + group[None, :], mask=w_row_valid[:, None] & group_valid[None, :],
                                other=0)
-            scale = mxfp4_scale(exponent)[:, :, None]
-            low, high = fp4_pair_as_fp16(packed)
-            w_low = tl.reshape(low * scale, [BLOCK_W, HALF_K]).to(DOT_DTYPE)
-            w_high = tl.reshape(high * scale, [BLOCK_W, HALF_K]).to(DOT_DTYPE)
-            acc = tl.dot(a_even.to(DOT_DTYPE), tl.trans(w_low), acc, input_precision=INPUT_PRECISION)
-            acc = tl.dot(a_odd.to(DOT_DTYPE), tl.trans(w_high), acc, input_precision=INPUT_PRECISION)
+            if WORD_DECODE:
+                words = tl.load(w_rows[:, None, None] + group[None, :, None] * 4 + tl.arange(0, 4)[None, None, :],
+                                mask=w_row_valid[:, None, None] & group_valid[None, :, None], other=0)
+                w = _words_to_values(words, exponent, DOT_DTYPE, USE_ASM)
+                acc_t = tl.dot(w, tl.trans(a.to(DOT_DTYPE)), acc_t, input_precision=INPUT_PRECISION)
+            else:
+                a_even, a_odd = tl.split(tl.reshape(a.to(tl.float32), [BLOCK_M, HALF_K, 2]))
+                # Bytes as [rows, 32-blocks, 16] so that each block's scale is loaded once and broadcast.
+                packed = tl.load(w_rows[:, None, None] + group[None, :, None] * 16 + tl.arange(0, 16)[None, None, :],
+                                 mask=w_row_valid[:, None, None] & group_valid[None, :, None], other=0).to(tl.int32)
+                scale = mxfp4_scale(exponent)[:, :, None]
+                low, high = fp4_pair_as_fp16(packed)
+                w_low = tl.reshape(low * scale, [BLOCK_W, HALF_K]).to(DOT_DTYPE)
+                w_high = tl.reshape(high * scale, [BLOCK_W, HALF_K]).to(DOT_DTYPE)
+                acc = tl.dot(a_even.to(DOT_DTYPE), tl.trans(w_low), acc, input_precision=INPUT_PRECISION)
+                acc = tl.dot(a_odd.to(DOT_DTYPE), tl.trans(w_high), acc, input_precision=INPUT_PRECISION)
+        if WORD_DECODE:
+            return tl.trans(acc_t)
         return acc
 
     @triton.jit
@@ -290,7 +357,8 @@ if triton is not None:
             x_ptr, blocks_ptr, scales_ptr, bias_ptr, act_ptr, tile_expert_ptr, row_slot_ptr,
             num_experts, hidden, inter, w_row_bytes, stride_x_tok, stride_bias_expert, swiglu_limit, swiglu_alpha,
             TOP_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-            DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+            DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, WORD_DECODE: tl.constexpr,
+            USE_ASM: tl.constexpr):
         """Grid (tiles, I / BLOCK_N): act[row, c] = swiglu(x[token] @ W_gu[e, 2c:2c+2]^T + bias) for one tile.
 
         The program takes the 2*BLOCK_N consecutive gate_up rows (gate, up interleaved) of its BLOCK_N
@@ -309,7 +377,7 @@ if triton is not None:
         w_row = expert.to(tl.int64) * 2 * inter + w_out
         acc = _mxfp4_tile_product(x_ptr + token * stride_x_tok, row_valid, blocks_ptr + w_row * w_row_bytes,
                                   scales_ptr + w_row * (hidden // 32), w_valid, hidden,
-                                  BLOCK_M, 2 * BLOCK_N, BLOCK_K, DOT_DTYPE, INPUT_PRECISION)
+                                  BLOCK_M, 2 * BLOCK_N, BLOCK_K, DOT_DTYPE, INPUT_PRECISION, WORD_DECODE, USE_ASM)
         bias = tl.load(bias_ptr + expert * stride_bias_expert + w_out, mask=w_valid, other=0.0).to(tl.float32)
         gate, up = tl.split(tl.reshape(acc + bias[None, :], [BLOCK_M, BLOCK_N, 2]))
         gate = tl.minimum(gate, swiglu_limit)
@@ -324,7 +392,8 @@ if triton is not None:
             act_ptr, blocks_ptr, scales_ptr, bias_ptr, weights_ptr, out_ptr, tile_expert_ptr, row_slot_ptr,
             num_experts, hidden, inter, w_row_bytes, stride_bias_expert,
             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-            DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+            DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, WORD_DECODE: tl.constexpr,
+            USE_ASM: tl.constexpr):
         """Grid (tiles, H / BLOCK_N): out[slot, n] = weight[slot] * (act[row] @ W_d[e, n]^T + bias[e, n])."""
         tile = tl.program_id(0)
         expert = tl.load(tile_expert_ptr + tile)
@@ -338,7 +407,7 @@ if triton is not None:
         w_row = expert.to(tl.int64) * hidden + cols
         acc = _mxfp4_tile_product(act_ptr + rows.to(tl.int64) * inter, row_valid, blocks_ptr + w_row * w_row_bytes,
                                   scales_ptr + w_row * (inter // 32), col_valid, inter,
-                                  BLOCK_M, BLOCK_N, BLOCK_K, DOT_DTYPE, INPUT_PRECISION)
+                                  BLOCK_M, BLOCK_N, BLOCK_K, DOT_DTYPE, INPUT_PRECISION, WORD_DECODE, USE_ASM)
         bias = tl.load(bias_ptr + expert * stride_bias_expert + cols, mask=col_valid, other=0.0).to(tl.float32)
         routing = tl.load(weights_ptr + slot, mask=row_valid, other=0.0)
         y = (acc + bias[None, :]) * routing[:, None]
