@@ -58,10 +58,11 @@ class GroupedTiles:
 
 
 DEFAULT_GROUPED_TILES = GroupedTiles()
-# From the H200 sweep at T=4096 (k=4): 3.95 ms against 4.78 ms with the default tiles (dense bf16 torch:
-# 5.17 ms). Only measured there, so used only for prefill-sized batches.
+# From H200 sweeps (ms, k=4): these tiles give T=4096 3.95 against 4.78 with the default tiles (dense bf16
+# torch: 5.17); with the word decode T=1024 1.40 and T=4096 3.85, against 1.74 and 3.99 by bytes. Below T=1024
+# the word decode was slower (T=64 0.55 vs 0.40, T=256 0.80 vs 0.70): used only for prefill-sized batches.
 LARGE_BATCH_GROUPED_TILES = GroupedTiles(block_m=128, block_n=64, block_k=64, num_warps=4, num_stages=4)
-LARGE_BATCH_MIN_SLOTS = 8192
+LARGE_BATCH_MIN_SLOTS = 4096
 INTERPRETER_GROUPED_TILES = GroupedTiles(block_n=16, block_k=64, num_stages=1)
 
 
@@ -113,8 +114,10 @@ def moe_mxfp4(x: torch.Tensor, expert_ids: torch.Tensor, expert_weights: torch.T
     assert path == "grouped", path
     if grouped_tiles is None and not x.is_cuda:
         grouped_tiles = INTERPRETER_GROUPED_TILES
-    large = expert_ids.numel() >= LARGE_BATCH_MIN_SLOTS
-    tiles = grouped_tiles or (LARGE_BATCH_GROUPED_TILES if large else DEFAULT_GROUPED_TILES)
+    if grouped_tiles is None and expert_ids.numel() >= LARGE_BATCH_MIN_SLOTS:
+        # The PTX word decode makes bf16 weights, so it serves bf16 activations only.
+        grouped_tiles = replace(LARGE_BATCH_GROUPED_TILES, word_decode=x.dtype == torch.bfloat16)
+    tiles = grouped_tiles or DEFAULT_GROUPED_TILES
     if block_m is not None:
         tiles = replace(tiles, block_m=block_m)
     return _moe_mxfp4_grouped(x, expert_ids, expert_weights, gate_up_blocks, gate_up_scales, gate_up_bias,

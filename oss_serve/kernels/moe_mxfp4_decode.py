@@ -51,9 +51,10 @@ class DecodeTiles:
     word_decode: bool = False  # decode two codes per 32-bit op (see the module docstring)
 
 
-# Best of two H200 sweeps at T=1, timed as CUDA-graph replays: 0.0586 ms against 0.0733 for (8, 8, 256, 2),
-# 0.0647 for (8, 4, 256, 2) and 0.065 for (4, 4, 256, 1).
-DEFAULT_DECODE_TILES = DecodeTiles(gate_up_block_n=8, down_block_n=8, block_k=512, num_warps=4)
+# From H200 sweeps timed as CUDA-graph replays (ms at T=1 / T=4): byte decode (8, 8, 256, 2) 0.0733 / -,
+# (8, 8, 512, 4) 0.0587 / 0.180; word decode (8, 8, 512, 4) 0.0479 / 0.137, (8, 4, 512, 4) 0.0449 / 0.169.
+DEFAULT_DECODE_TILES = DecodeTiles(gate_up_block_n=8, down_block_n=8, block_k=512, num_warps=4, word_decode=True)
+SINGLE_TOKEN_DECODE_TILES = DecodeTiles(gate_up_block_n=8, down_block_n=4, block_k=512, num_warps=4, word_decode=True)
 INTERPRETER_DECODE_TILES = DecodeTiles(gate_up_block_n=16, down_block_n=32, block_k=64, num_warps=4)
 
 
@@ -74,7 +75,8 @@ def moe_mxfp4_decode(x: torch.Tensor, expert_ids: torch.Tensor, expert_weights: 
         return torch.empty_like(x)
     assert hidden % 32 == 0 and inter % 32 == 0, "MXFP4 rows are whole 32-element blocks"
     if tiles is None:
-        tiles = DEFAULT_DECODE_TILES if x.is_cuda else INTERPRETER_DECODE_TILES
+        tiles = (INTERPRETER_DECODE_TILES if not x.is_cuda else SINGLE_TOKEN_DECODE_TILES if num_tokens == 1
+                 else DEFAULT_DECODE_TILES)
     assert tiles.block_k % 32 == 0
     # ids and weights are read in whatever dtype the router produced: a conversion would be one more launch.
     x, ids, weights = x.contiguous(), expert_ids.contiguous(), expert_weights.contiguous()
