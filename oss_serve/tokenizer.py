@@ -12,6 +12,19 @@ import tokenizers
 TOKENIZER_FILE = "tokenizer.json"
 
 
+def _byte_level_symbols() -> dict[str, int]:
+    """Byte-level BPE spells each byte as one printable character: printable latin-1 bytes as
+    themselves, the other 68 as code points 256, 257, ... in byte order. Returns symbol -> byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
+    symbols = {chr(b): b for b in printable}
+    others = sorted(set(range(256)) - set(printable))
+    symbols.update({chr(256 + n): b for n, b in enumerate(others)})
+    return symbols
+
+
+_BYTE_OF_SYMBOL = _byte_level_symbols()
+
+
 def _read_json(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
@@ -76,6 +89,18 @@ class Tokenizer:
     def id_to_token(self, token_id: int) -> str | None:
         """The vocabulary entry for `token_id` (byte-level alphabet for BPE tokens)."""
         return self._plain_text.id_to_token(token_id)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The raw bytes a token stands for: part of a UTF-8 character for some BPE tokens, which is why
+        logprobs report bytes beside the decoded text."""
+        if token_id in self._special_ids:
+            return self.decode([token_id]).encode()
+        entry = self.id_to_token(token_id) or ""
+        return bytes(_BYTE_OF_SYMBOL.get(symbol, 0) for symbol in entry)
+
+    @functools.cached_property
+    def _special_ids(self) -> frozenset[int]:
+        return frozenset(self._plain_text.get_added_tokens_decoder())
 
     def token_to_id(self, token: str) -> int | None:
         return self._plain_text.token_to_id(token)

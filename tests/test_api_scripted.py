@@ -44,6 +44,9 @@ class HarmonyTextTokenizer:
     def decode(self, ids) -> str:
         return self.encoding.decode(list(ids))
 
+    def token_bytes(self, token_id: int) -> bytes:
+        return self.encoding.decode([token_id]).encode()  # the scripts are ASCII: no partial characters
+
 
 class ScriptedTokenSource:
     """Engine test double: every request 'generates' the script's tokens, a few at a time."""
@@ -204,6 +207,32 @@ def test_separate_reasoning_false_inlines_reasoning(harmony_encoding) -> None:
         reply = (await http.post("/v1/chat/completions", json=body)).json()
         assert reply["choices"][0]["message"]["content"] == "The user greets me.Hello there!"
         assert "reasoning_content" not in reply["choices"][0]["message"]
+    run(go())
+
+
+def test_chat_logprobs_cover_the_content_tokens_only(harmony_encoding) -> None:
+    """No harmony markup, header or reasoning token in `logprobs.content`, streamed or not; with
+    reasoning inlined into content, its tokens count as content."""
+    app, _ = _app(harmony_encoding)
+
+    def text_of(entries) -> str:
+        return b"".join(bytes(entry.bytes) for entry in entries).decode()
+
+    async def go():
+        _, sdk = _clients(app)
+        request = dict(model=MODEL, messages=[{"role": "user", "content": "hi"}], logprobs=True, top_logprobs=1)
+        reply = await sdk.chat.completions.create(**request)
+        entries = reply.choices[0].logprobs.content
+        assert text_of(entries) == reply.choices[0].message.content == "Hello there!"
+        assert len(entries) == len(harmony_encoding.encode("Hello there!"))
+        assert all(len(entry.top_logprobs) == 1 for entry in entries)
+        streamed = []
+        async for chunk in await sdk.chat.completions.create(**request, stream=True):
+            for choice in chunk.choices:
+                streamed += choice.logprobs.content if choice.logprobs else []
+        assert text_of(streamed) == "Hello there!"
+        inline = await sdk.chat.completions.create(**request, extra_body={"separate_reasoning": False})
+        assert text_of(inline.choices[0].logprobs.content) == "The user greets me.Hello there!"
     run(go())
 
 

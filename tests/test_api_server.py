@@ -182,6 +182,21 @@ def test_generate_native_shape(http: httpx.Client) -> None:
     assert result["meta_info"]["completion_tokens"] == len(result["output_ids"])
 
 
+def test_generate_return_logprob(http: httpx.Client) -> None:
+    """SGLang's return_logprob: [logprob, token id, text] per output token, the greedy token the most likely
+    of its top alternatives; a bad top_logprobs_num is a 400 naming it."""
+    body = {"text": "Hello", "sampling_params": {"max_new_tokens": 4, "temperature": 0}, "return_logprob": True,
+            "top_logprobs_num": 3, "return_text_in_logprobs": True}
+    meta = http.post("/generate", json=body).json()["meta_info"]
+    chosen, top = meta["output_token_logprobs"], meta["output_top_logprobs"]
+    assert len(chosen) == len(top) == meta["completion_tokens"]
+    for (logprob, token_id, text), alternatives in zip(chosen, top):
+        assert logprob <= 0 and isinstance(text, str) and len(alternatives) == 3
+        assert alternatives[0][1] == token_id and alternatives[0][0] == pytest.approx(logprob, abs=1e-4)
+    bad = http.post("/generate", json={**body, "top_logprobs_num": 99})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "top_logprobs_num"
+
+
 def _kv_pages_used(http: httpx.Client) -> float:
     http.post("/flush_cache")  # cached prefixes are not leaks
     return http.get("/get_server_info").json()["engine"]["full_pages_used"]

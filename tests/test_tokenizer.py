@@ -166,3 +166,20 @@ def test_eos_falls_back_to_config(tokenizer_json_path: Path, tmp_path: Path) -> 
     (tmp_path / "tokenizer.json").write_bytes(tokenizer_json_path.read_bytes())
     (tmp_path / "config.json").write_text('{"eos_token_id": 200002}')
     assert Tokenizer.from_pretrained(tmp_path).eos_token_ids == [200002]
+
+
+def test_token_bytes_rebuild_the_text_even_inside_characters(tokenizer: Tokenizer) -> None:
+    """Logprobs report each token's bytes; a token holding part of a UTF-8 character gives that part."""
+    text = "naïve 日本語 🙂 𓀀 ꙮ <|start|>\n\t"
+    ids = tokenizer.encode(text, allow_special=True)
+    pieces = [tokenizer.token_bytes(token_id) for token_id in ids]
+    assert b"".join(pieces).decode() == text
+    assert any(not _is_utf8(piece) for piece in pieces)  # 𓀀 and ꙮ take a token per byte
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True

@@ -18,13 +18,13 @@ from oss_serve.api.chat_conversation import ChatPrompt, build_chat_prompt
 from oss_serve.api.engine_client import collect_until_disconnected
 from oss_serve.api.errors import APIError
 from oss_serve.api.protocol import ChatCompletionRequest
-from oss_serve.api.sampling import build_sampling_params, resolve_max_new_tokens
+from oss_serve.api.sampling import MAX_TOP_LOGPROBS, build_sampling_params, resolve_max_new_tokens
 from oss_serve.api.sse import ending_with_done, sse_data
-from oss_serve.api.state import ServingState, new_id
+from oss_serve.api.state import ServingState, TextTokenizer, new_id
 from oss_serve.api.usage import make_usage
 from oss_serve.engine.outputs import StreamOutput, TokenLogprob
 from oss_serve.engine.sampling_params import SamplingParams
-from oss_serve.harmony.encoding import get_harmony_encoding, stop_token_ids_for_assistant
+from oss_serve.harmony.encoding import stop_token_ids_for_assistant
 from oss_serve.harmony.parse import HarmonyOutputParser, ParseEvent
 
 
@@ -41,6 +41,7 @@ class _DeltaParts:
     reasoning: str = ""
     content: str = ""
     tool_calls: list[chunk_types.ChoiceDeltaToolCall] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # of the content tokens among them
 
     def empty(self) -> bool:
         return not (self.reasoning or self.content or self.tool_calls)
@@ -94,8 +95,22 @@ class _ChatChoice:
                 index=call_index, function=chunk_types.ChoiceDeltaToolCallFunction(arguments=event.text)))
 
     def add(self, output: StreamOutput) -> _DeltaParts:
-        parts = self.apply(self.parser.feed(output.new_token_ids))
-        self.logprobs.extend(output.new_logprobs or [])
+        if output.new_logprobs is None:
+            parts = self.apply(self.parser.feed(output.new_token_ids))
+        else:  # a token at a time, to keep the logprobs of the tokens that make `content` only
+            parts, kept = _DeltaParts(), []
+            for token_id, logprob in zip(output.new_token_ids, output.new_logprobs):
+                message = self.parser.open_message
+                count = message.token_count if message is not None else -1
+                step = self.apply(self.parser.feed([token_id]))
+                parts.reasoning += step.reasoning
+                parts.content += step.content
+                parts.tool_calls += step.tool_calls
+                if (message is not None and self.parser.open_message is message and message.token_count > count
+                        and not message.is_function_call and (self.inline_reasoning or not message.is_reasoning)):
+                    kept.append(logprob)
+            parts.logprobs = kept
+            self.logprobs.extend(kept)
         self.completion_tokens = output.completion_tokens
         self.cached_tokens = output.cached_tokens
         if output.finished:
@@ -114,18 +129,14 @@ class _ChatChoice:
         return sum(message.token_count for message in self.parser.messages if message.is_reasoning)
 
 
-def _token_logprobs(entries: list[TokenLogprob]) -> chunk_types.ChoiceLogprobs:
-    encoding = get_harmony_encoding()
-
-    def token_text(token_id: int) -> str:
-        return encoding.decode([token_id])
+def _token_logprobs(entries: list[TokenLogprob], tokenizer: TextTokenizer) -> chunk_types.ChoiceLogprobs:
+    def fields(token_id: int) -> dict[str, object]:
+        return {"token": tokenizer.decode([token_id]), "bytes": list(tokenizer.token_bytes(token_id))}
 
     return chunk_types.ChoiceLogprobs(content=[
-        ChatCompletionTokenLogprob(
-            token=token_text(entry.token_id), bytes=list(token_text(entry.token_id).encode()),
-            logprob=entry.logprob,
-            top_logprobs=[TopLogprob(token=token_text(token_id), bytes=list(token_text(token_id).encode()),
-                                     logprob=logprob) for token_id, logprob in entry.top])
+        ChatCompletionTokenLogprob(**fields(entry.token_id), logprob=entry.logprob,
+                                   top_logprobs=[TopLogprob(**fields(token_id), logprob=logprob)
+                                                 for token_id, logprob in entry.top])
         for entry in entries])
 
 
@@ -140,8 +151,9 @@ def _new_choice(prompt: ChatPrompt, request: ChatCompletionRequest) -> _ChatChoi
 async def create_chat_completion(request: ChatCompletionRequest, http_request: Request,
                                  state: ServingState) -> Response:
     state.check_model(request.model)
-    if request.top_logprobs is not None and not 0 <= request.top_logprobs <= 20:
-        raise APIError(f"top_logprobs must be in [0, 20], got {request.top_logprobs}.", param="top_logprobs")
+    if request.top_logprobs is not None and not 0 <= request.top_logprobs <= MAX_TOP_LOGPROBS:
+        raise APIError(f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {request.top_logprobs}.",
+                       param="top_logprobs")
     prompt = build_chat_prompt(request)
     max_tokens_param = "max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens"
     max_new_tokens = resolve_max_new_tokens(
@@ -172,14 +184,16 @@ async def create_chat_completion(request: ChatCompletionRequest, http_request: R
                                      http_request.is_disconnected)
     response = ChatCompletion(
         id=completion_id, object="chat.completion", created=created, model=state.model_name,
-        choices=[_final_choice(index, choice, request.logprobs) for index, choice in enumerate(choices)],
+        choices=[_final_choice(index, choice, request.logprobs, state.tokenizer)
+                 for index, choice in enumerate(choices)],
         usage=usage(),  # type: ignore[arg-type]
         metadata={"weight_version": state.weight_version},
     )
     return JSONResponse(response.model_dump(mode="json", exclude_unset=True))
 
 
-def _final_choice(index: int, choice: _ChatChoice, with_logprobs: bool) -> completion_types.Choice:
+def _final_choice(index: int, choice: _ChatChoice, with_logprobs: bool, tokenizer: TextTokenizer
+                  ) -> completion_types.Choice:
     fields: dict[str, object] = {"content": choice.content or None}
     if choice.tool_calls:
         fields["tool_calls"] = [ChatCompletionMessageToolCall(id=call.id, type="function",
@@ -191,7 +205,7 @@ def _final_choice(index: int, choice: _ChatChoice, with_logprobs: bool) -> compl
     message = ChatCompletionMessage(role="assistant", **fields)  # type: ignore[arg-type]
     result = completion_types.Choice(
         index=index, message=message, finish_reason="stop",
-        logprobs=completion_types.ChoiceLogprobs(content=_token_logprobs(choice.logprobs).content)
+        logprobs=completion_types.ChoiceLogprobs(content=_token_logprobs(choice.logprobs, tokenizer).content)
         if with_logprobs else None,
         matched_stop=choice.matched_stop)
     result.finish_reason = choice.finish_reason  # type: ignore[assignment]  # may be "abort"
@@ -205,7 +219,7 @@ async def _stream_events(request: ChatCompletionRequest, state: ServingState,
               logprobs: list[TokenLogprob] | None = None, matched_stop: int | str | None = None,
               final: bool = False) -> bytes:
         choice = chunk_types.Choice(index=index, delta=delta, finish_reason=None,
-                                    logprobs=_token_logprobs(logprobs) if logprobs else None)
+                                    logprobs=_token_logprobs(logprobs, state.tokenizer) if logprobs else None)
         if final:
             choice.finish_reason = finish_reason  # type: ignore[assignment]
             choice.matched_stop = matched_stop  # type: ignore[attr-defined]
@@ -237,8 +251,7 @@ async def _stream_events(request: ChatCompletionRequest, state: ServingState,
         choice = choices[index]
         parts = choice.add(output)
         if not parts.empty() and (parts.content or parts.tool_calls or stream_reasoning):
-            yield chunk(index, delta_of(parts, stream_reasoning),
-                        logprobs=output.new_logprobs if request.logprobs else None)
+            yield chunk(index, delta_of(parts, stream_reasoning), logprobs=parts.logprobs)
         if output.finished:
             if not stream_reasoning and choice.reasoning:
                 yield chunk(index, delta_of(_DeltaParts(reasoning=choice.reasoning), True))

@@ -13,7 +13,7 @@ from openai.types.completion_choice import Logprobs
 from oss_serve.api.engine_client import collect_until_disconnected
 from oss_serve.api.errors import APIError
 from oss_serve.api.protocol import CompletionRequest
-from oss_serve.api.sampling import build_sampling_params, resolve_max_new_tokens
+from oss_serve.api.sampling import MAX_TOP_LOGPROBS, build_sampling_params, resolve_max_new_tokens
 from oss_serve.api.sse import ending_with_done, sse_data
 from oss_serve.api.state import ServingState, TextTokenizer, new_id
 from oss_serve.api.usage import make_usage
@@ -21,7 +21,6 @@ from oss_serve.engine.outputs import StreamOutput, TokenLogprob
 from oss_serve.engine.sampling_params import SamplingParams
 
 
-MAX_TOP_LOGPROBS = 20
 
 
 @dataclass

@@ -3,7 +3,7 @@ parser API (/separate_reasoning, /parse_function_call)."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -12,11 +12,11 @@ from pydantic import TypeAdapter, ValidationError
 from oss_serve.api.engine_client import collect_until_disconnected
 from oss_serve.api.errors import APIError
 from oss_serve.api.protocol import GenerateRequest, ParseFunctionCallRequest, SeparateReasoningRequest
-from oss_serve.api.sampling import resolve_max_new_tokens
+from oss_serve.api.sampling import MAX_TOP_LOGPROBS, resolve_max_new_tokens
 from oss_serve.api.sse import ending_with_done, sse_data
 from oss_serve.api.state import ServingState, new_id
 from oss_serve.api.structured_outputs import generate_structured_output
-from oss_serve.engine.outputs import StreamOutput
+from oss_serve.engine.outputs import StreamOutput, TokenLogprob
 from oss_serve.engine.sampling_params import SamplingParams
 from oss_serve.harmony.parse import parse_output_text
 
@@ -55,21 +55,34 @@ class _GenerateResult:
     cached_tokens: int = 0
     finish_reason: str | None = None
     matched_stop: int | str | None = None
+    logprobs: list[TokenLogprob] | None = None  # when return_logprob
 
     def add(self, output: StreamOutput) -> None:
         self.text += output.new_text
         self.output_ids.extend(output.new_token_ids)
+        if self.logprobs is not None:
+            self.logprobs.extend(output.new_logprobs or [])
         self.completion_tokens = output.completion_tokens
         self.cached_tokens = output.cached_tokens
         if output.finished:
             self.finish_reason = output.finish_reason
             self.matched_stop = output.matched_stop
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self, token_text: Callable[[int], str] | None = None) -> dict[str, Any]:
+        """SGLang's shape. Logprob entries are [logprob, token id, text] (text only if `token_text`)."""
         finish = None if self.finish_reason is None else {"type": self.finish_reason, "matched": self.matched_stop}
-        return {"text": self.text, "output_ids": self.output_ids, "meta_info": {
+        meta: dict[str, Any] = {
             "id": self.request_id, "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-            "cached_tokens": self.cached_tokens, "finish_reason": finish}}
+            "cached_tokens": self.cached_tokens, "finish_reason": finish}
+        if self.logprobs is not None:
+            def entry(token_id: int, logprob: float) -> list[Any]:
+                return [logprob, token_id, token_text(token_id) if token_text else None]
+
+            meta["output_token_logprobs"] = [entry(e.token_id, e.logprob) for e in self.logprobs]
+            meta["output_top_logprobs"] = [[entry(token_id, logprob) for token_id, logprob in e.top]
+                                           for e in self.logprobs]
+            meta["input_token_logprobs"] = None  # prompt logprobs are not computed
+        return {"text": self.text, "output_ids": self.output_ids, "meta_info": meta}
 
 
 async def generate(request: GenerateRequest, http_request: Request, state: ServingState) -> Response:
@@ -85,6 +98,12 @@ async def generate(request: GenerateRequest, http_request: Request, state: Servi
     base_id = request.rid or new_id("")
     params = _sampling_params(request.sampling_params, state.default_params)
     params.structured = generate_structured_output(request.sampling_params)
+    if request.return_logprob:
+        if not 0 <= request.top_logprobs_num <= MAX_TOP_LOGPROBS:
+            raise APIError(f"top_logprobs_num must be in [0, {MAX_TOP_LOGPROBS}], got {request.top_logprobs_num}.",
+                           param="top_logprobs_num")
+        params.logprobs, params.top_logprobs = True, request.top_logprobs_num
+    token_text = (lambda token_id: state.tokenizer.decode([token_id])) if request.return_text_in_logprobs else None
     jobs = []
     results = []
     for index, prompt_ids in enumerate(prompts):
@@ -93,20 +112,20 @@ async def generate(request: GenerateRequest, http_request: Request, state: Servi
                                         max_tokens_param="sampling_params.max_new_tokens")
         request_id = base_id if len(prompts) == 1 else f"{base_id}-{index}"
         jobs.append((list(prompt_ids), dataclasses.replace(params, max_new_tokens=budget), request_id))
-        results.append(_GenerateResult(request_id, len(prompt_ids)))
+        results.append(_GenerateResult(request_id, len(prompt_ids), logprobs=[] if request.return_logprob else None))
 
     if request.stream:
         async def events() -> AsyncIterator[bytes]:
             async for index, output in state.generator.merged(jobs):
                 results[index].add(output)
-                payload = results[index].as_json()
+                payload = results[index].as_json(token_text)
                 payload["index"] = index
                 yield sse_data(payload)
         return StreamingResponse(ending_with_done(events()), media_type="text/event-stream")
 
     await collect_until_disconnected(state.generator, jobs, lambda index, output: results[index].add(output),
                                      http_request.is_disconnected)
-    body: Any = [result.as_json() for result in results] if batched else results[0].as_json()
+    body: Any = [result.as_json(token_text) for result in results] if batched else results[0].as_json(token_text)
     return JSONResponse(body)
 
 

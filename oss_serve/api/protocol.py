@@ -128,6 +128,8 @@ class GenerateRequest(_Lenient):
     stream: bool = False
     rid: str | None = None
     return_logprob: bool = False
+    top_logprobs_num: int = 0
+    return_text_in_logprobs: bool = False
 
 
 class SeparateReasoningRequest(_Lenient):

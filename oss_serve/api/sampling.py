@@ -5,6 +5,8 @@ from oss_serve.api.errors import APIError
 from oss_serve.api.protocol import SamplingFields
 from oss_serve.engine.sampling_params import SamplingParams
 
+MAX_TOP_LOGPROBS = 20  # the OpenAI API's bound on top logprobs per token
+
 
 def resolve_max_new_tokens(prompt_tokens: int, max_tokens: int | None, context_length: int, *,
                            prompt_param: str, max_tokens_param: str = "max_tokens") -> int:

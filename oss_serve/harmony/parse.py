@@ -94,6 +94,11 @@ class HarmonyOutputParser:
         self._open: ParsedMessage | None = None  # message whose content is being read
         self._pending_ids: list[int] = []  # content tokens not yet decodable to whole characters
 
+    @property
+    def open_message(self) -> ParsedMessage | None:
+        """The message whose content tokens are being read now (None between messages and in headers)."""
+        return self._open
+
     def start_assistant_reply(self, prefill_ids: Sequence[int] = ()) -> list[ParseEvent]:
         """Put the parser where the prompt leaves the model: inside `<|start|>assistant`."""
         return self.feed([harmony_ids.START, *self._encoding.encode("assistant"), *prefill_ids])

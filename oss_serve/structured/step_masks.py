@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +29,9 @@ if TYPE_CHECKING:
     from oss_serve.engine.request import Request
 
 logger = logging.getLogger(__name__)
-# Few threads fill 64 masks well inside a forward; more would compete with the thread that
-# launches the forward's kernels.
-MASK_THREADS = 4
+# Half the cores this process may use (2 to 8): the masks must be ready when a CUDA-graph decode step
+# (a few ms) ends, and the other half stays free for the thread that drives the forward.
+MASK_THREADS = max(2, min(8, len(os.sched_getaffinity(0)) // 2))
 _GRAMMAR_END_WORD, _GRAMMAR_END_BIT = divmod(harmony_ids.RETURN, 32)
 
 
