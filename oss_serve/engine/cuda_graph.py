@@ -19,9 +19,6 @@ from oss_serve.engine.page_table import PageTableMirror
 
 logger = logging.getLogger(__name__)
 
-# Rows of the static input block.
-TOKEN, POSITION, FULL_SLOT, SLIDING_SLOT, TABLE_ROW = range(5)
-
 
 def graph_batch_sizes(max_batch_size: int) -> list[int]:
     sizes = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512, 768, 1024]
