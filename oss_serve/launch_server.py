@@ -19,6 +19,7 @@ import uvicorn
 
 from oss_serve.api.app import build_app
 from oss_serve.api.engine_client import Generator
+from oss_serve.api.errors import APIError
 from oss_serve.api.metrics import ServerMetrics
 from oss_serve.api.state import ServingState
 from oss_serve.server_args import ServerArgs
@@ -123,6 +124,7 @@ async def serve(args: ServerArgs) -> int:
                     raise RuntimeError("the HTTP server stopped before it started")
                 await asyncio.sleep(0.05)
             watchdog = asyncio.create_task(_stop_when_engine_dies(engine, server))
+            await _start_tool_servers(app)
             await _warm_up(args)
             state.ready = True
             logger.info(READY_LINE)
@@ -142,6 +144,15 @@ async def serve(args: ServerArgs) -> int:
                 await app.state.responses.aclose()  # the --tool-server processes/connections and the store
         finally:
             await engine.shutdown()
+
+
+async def _start_tool_servers(app: Any) -> None:
+    """Start the --tool-server tools now, so a wrong address shows at launch. One that is not up yet
+    (started after this server, say) is not fatal: /v1/responses retries on each request until it is."""
+    try:
+        await app.state.responses.server_tools()
+    except APIError as error:
+        logger.warning("%s; /v1/responses retries on each request until they start.", error.message)
 
 
 def main(argv: list[str] | None = None) -> int:

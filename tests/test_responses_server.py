@@ -29,8 +29,8 @@ def _free_port() -> int:
 class Server:
     """One server process on a store file; `restart()` brings up a new process on the same file."""
 
-    def __init__(self, checkpoint: Path, store_path: Path) -> None:
-        self.checkpoint, self.store_path = checkpoint, store_path
+    def __init__(self, checkpoint: Path, store_path: Path, extra_args: tuple[str, ...] = ()) -> None:
+        self.checkpoint, self.store_path, self.extra_args = checkpoint, store_path, extra_args
         self.process: subprocess.Popen | None = None
         self.log: list[str] = []
         self.base_url = ""
@@ -40,7 +40,8 @@ class Server:
         self.base_url = f"http://127.0.0.1:{port}"
         command = [sys.executable, "-m", "oss_serve.launch_server", "--model-path", str(self.checkpoint),
                    "--port", str(port), "--served-model-name", MODEL, "--context-length", "1024",
-                   "--device", "cpu", "--max-total-tokens", "16384", "--response-store", str(self.store_path)]
+                   "--device", "cpu", "--max-total-tokens", "16384", "--response-store", str(self.store_path),
+                   *self.extra_args]
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
         ready = threading.Event()
@@ -177,3 +178,18 @@ def test_stored_response_survives_restart(server: Server) -> None:
     server.start()
     retrieved = server.sdk().responses.retrieve(created.id)
     assert retrieved.id == created.id and retrieved.output == created.output
+
+
+def test_unreachable_tool_server_is_reported_at_launch(tiny_ckpt: Path, tmp_path: Path) -> None:
+    """A --tool-server nobody answers at is named in the launch log; the server still comes up and
+    /v1/responses answers 503 (it retries, so a tool server started later is picked up)."""
+    address = f"127.0.0.1:{_free_port()}"
+    server = Server(tiny_ckpt, tmp_path / "responses.sqlite3", ("--tool-server", address, "--tool-timeout", "5"))
+    server.start()
+    try:
+        launch_log = "".join(server.log)
+        assert "tool servers could not be started" in launch_log and address in launch_log
+        with pytest.raises(openai.InternalServerError, match="tool servers could not be started"):
+            server.sdk().responses.create(model=MODEL, input="hi", max_output_tokens=4)
+    finally:
+        server.stop()

@@ -53,7 +53,7 @@ class ResponsesService:
         self._store = store
 
     async def server_tools(self) -> ToolServer | None:
-        """The `--tool-server` tools, started on first use (in the serving event loop)."""
+        """The `--tool-server` tools, started on first call (the server calls it at launch, in its event loop)."""
         if not self._tools_started:
             async with self._tools_lock:
                 if not self._tools_started:
