@@ -116,12 +116,18 @@ def moe_mxfp4(x: torch.Tensor, expert_ids: torch.Tensor, expert_weights: torch.T
         grouped_tiles = INTERPRETER_GROUPED_TILES
     if grouped_tiles is None and expert_ids.numel() >= LARGE_BATCH_MIN_SLOTS:
         # The PTX word decode makes bf16 weights, so it serves bf16 activations only.
-        grouped_tiles = replace(LARGE_BATCH_GROUPED_TILES, word_decode=x.dtype == torch.bfloat16)
+        grouped_tiles = replace(LARGE_BATCH_GROUPED_TILES, word_decode=_has_bf16_word_decode(x))
     tiles = grouped_tiles or DEFAULT_GROUPED_TILES
     if block_m is not None:
         tiles = replace(tiles, block_m=block_m)
     return _moe_mxfp4_grouped(x, expert_ids, expert_weights, gate_up_blocks, gate_up_scales, gate_up_bias,
                               down_blocks, down_scales, down_bias, swiglu_limit, swiglu_alpha, tiles)
+
+
+def _has_bf16_word_decode(x: torch.Tensor) -> bool:
+    """The PTX word decode makes bf16 weights for bf16 activations with `mul.bf16x2` (Hopper and later)."""
+    return (x.is_cuda and x.dtype == torch.bfloat16 and torch.version.hip is None
+            and torch.cuda.get_device_capability(x.device) >= (9, 0))
 
 
 def select_path(num_tokens: int, top_k: int) -> str:
@@ -199,8 +205,7 @@ def _moe_mxfp4_grouped(x, expert_ids, expert_weights, gate_up_blocks, gate_up_sc
     precision = _support.dot_input_precision(dot_name)
 
     word_decode = tiles.word_decode
-    use_asm = word_decode and x.is_cuda
-    assert not use_asm or dot_name == "bf16", "the PTX word decode makes bf16 weights for bf16 activations"
+    use_asm = word_decode and _has_bf16_word_decode(x)  # elsewhere the same words decode in plain Triton
     # Packed weights as the kernels read them: bytes, or int32 words (8 codes each); row length in those units.
     per_unit = 8 if word_decode else 2
     gate_up_w = gate_up_blocks.view(torch.int32) if word_decode else gate_up_blocks
