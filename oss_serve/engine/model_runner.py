@@ -49,6 +49,11 @@ class ModelRunner:
                 sliding_slots.extend(offset.tolist())
         return input_ids, positions, full_slots, sliding_slots
 
+    def decode_inputs(self, batch: list[ScheduledSeq]) -> torch.Tensor:
+        """A one-token-per-sequence step as a CUDA graph takes it: int64 [5, n] host rows of token, position,
+        full slot, sliding slot and page-table row."""
+        return torch.tensor([*self._token_columns(batch), [seq.request.table_row for seq in batch]], dtype=torch.long)
+
     def _prepare(self, batch: list[ScheduledSeq]) -> tuple[torch.Tensor, torch.Tensor, PagedBatch]:
         input_ids, positions, full_slots, sliding_slots = self._token_columns(batch)
         q_lens = [seq.num_new_tokens for seq in batch]
@@ -91,9 +96,7 @@ class ModelRunner:
         self.page_tables.sync([seq.request for seq in batch])
         all_decode = all(seq.num_new_tokens == 1 for seq in batch)
         if self.graphs is not None and all_decode and self.graphs.fits(len(batch)):
-            columns = self._token_columns(batch)
-            rows = [seq.request.table_row for seq in batch]
-            logits = self.graphs.replay(torch.tensor([*columns, rows], dtype=torch.long))
+            logits = self.graphs.replay(self.decode_inputs(batch))
             if len(sample_rows) < len(batch):  # else every row: no copy of [batch, vocab] floats
                 logits = logits[sample_rows]
         else:
