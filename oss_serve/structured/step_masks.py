@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 # Half the cores this process may use (2 to 8): the masks must be ready when a CUDA-graph decode step
 # (a few ms) ends, and the other half stays free for the thread that drives the forward.
-MASK_THREADS = max(2, min(8, len(os.sched_getaffinity(0)) // 2))
+_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 4)
+MASK_THREADS = max(2, min(8, _CORES // 2))
 _GRAMMAR_END_WORD, _GRAMMAR_END_BIT = divmod(harmony_ids.RETURN, 32)
 
 
