@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import AsyncIterator
 
 from fastapi import Request
@@ -16,33 +16,17 @@ from oss_serve.api.protocol import CompletionRequest
 from oss_serve.api.sampling import MAX_TOP_LOGPROBS, build_sampling_params, resolve_max_new_tokens
 from oss_serve.api.sse import ending_with_done, sse_data
 from oss_serve.api.state import ServingState, TextTokenizer, new_id
+from oss_serve.api.stream_totals import StreamTotals
 from oss_serve.api.usage import make_usage
-from oss_serve.engine.outputs import StreamOutput, TokenLogprob
+from oss_serve.engine.outputs import TokenLogprob
 from oss_serve.engine.sampling_params import SamplingParams
 
 
-
-
 @dataclass
-class _Choice:
+class _Choice(StreamTotals):
     """One choice accumulated from its stream."""
     prompt_ids: list[int]
     echo_text: str
-    text: str = ""
-    logprobs: list[TokenLogprob] = field(default_factory=list)
-    finish_reason: str | None = None
-    matched_stop: int | str | None = None
-    completion_tokens: int = 0
-    cached_tokens: int = 0
-
-    def add(self, output: StreamOutput) -> None:
-        self.text += output.new_text
-        self.logprobs.extend(output.new_logprobs or [])
-        self.completion_tokens = output.completion_tokens
-        self.cached_tokens = output.cached_tokens
-        if output.finished:
-            self.finish_reason = output.finish_reason
-            self.matched_stop = output.matched_stop
 
 
 def _prompts(request: CompletionRequest, tokenizer: TextTokenizer) -> list[tuple[list[int], str]]:

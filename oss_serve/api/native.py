@@ -15,8 +15,8 @@ from oss_serve.api.protocol import GenerateRequest, ParseFunctionCallRequest, Se
 from oss_serve.api.sampling import MAX_TOP_LOGPROBS, resolve_max_new_tokens
 from oss_serve.api.sse import ending_with_done, sse_data
 from oss_serve.api.state import ServingState, new_id
+from oss_serve.api.stream_totals import StreamTotals
 from oss_serve.api.structured_outputs import generate_structured_output
-from oss_serve.engine.outputs import StreamOutput, TokenLogprob
 from oss_serve.engine.sampling_params import SamplingParams
 from oss_serve.harmony.parse import parse_output_text
 
@@ -46,27 +46,10 @@ def _sampling_params(fields: dict[str, Any], defaults: SamplingParams) -> Sampli
 
 
 @dataclasses.dataclass
-class _GenerateResult:
+class _GenerateResult(StreamTotals):
     request_id: str
     prompt_tokens: int
-    text: str = ""
-    output_ids: list[int] = dataclasses.field(default_factory=list)
-    completion_tokens: int = 0
-    cached_tokens: int = 0
-    finish_reason: str | None = None
-    matched_stop: int | str | None = None
-    logprobs: list[TokenLogprob] | None = None  # when return_logprob
-
-    def add(self, output: StreamOutput) -> None:
-        self.text += output.new_text
-        self.output_ids.extend(output.new_token_ids)
-        if self.logprobs is not None:
-            self.logprobs.extend(output.new_logprobs or [])
-        self.completion_tokens = output.completion_tokens
-        self.cached_tokens = output.cached_tokens
-        if output.finished:
-            self.finish_reason = output.finish_reason
-            self.matched_stop = output.matched_stop
+    with_logprobs: bool = False  # return_logprob
 
     def as_json(self, token_text: Callable[[int], str] | None = None) -> dict[str, Any]:
         """SGLang's shape. Logprob entries are [logprob, token id, text] (text only if `token_text`)."""
@@ -74,7 +57,7 @@ class _GenerateResult:
         meta: dict[str, Any] = {
             "id": self.request_id, "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
             "cached_tokens": self.cached_tokens, "finish_reason": finish}
-        if self.logprobs is not None:
+        if self.with_logprobs:
             def entry(token_id: int, logprob: float) -> list[Any]:
                 return [logprob, token_id, token_text(token_id) if token_text else None]
 
@@ -82,7 +65,7 @@ class _GenerateResult:
             meta["output_top_logprobs"] = [[entry(token_id, logprob) for token_id, logprob in e.top]
                                            for e in self.logprobs]
             meta["input_token_logprobs"] = None  # prompt logprobs are not computed
-        return {"text": self.text, "output_ids": self.output_ids, "meta_info": meta}
+        return {"text": self.text, "output_ids": self.token_ids, "meta_info": meta}
 
 
 async def generate(request: GenerateRequest, http_request: Request, state: ServingState) -> Response:
@@ -112,7 +95,7 @@ async def generate(request: GenerateRequest, http_request: Request, state: Servi
                                         max_tokens_param="sampling_params.max_new_tokens")
         request_id = base_id if len(prompts) == 1 else f"{base_id}-{index}"
         jobs.append((list(prompt_ids), dataclasses.replace(params, max_new_tokens=budget), request_id))
-        results.append(_GenerateResult(request_id, len(prompt_ids), logprobs=[] if request.return_logprob else None))
+        results.append(_GenerateResult(request_id, len(prompt_ids), with_logprobs=request.return_logprob))
 
     if request.stream:
         async def events() -> AsyncIterator[bytes]:
