@@ -13,7 +13,7 @@ if not kernels_runnable_here():
     def test_under_triton_interpreter() -> None:
         run_file_under_interpreter(__file__)
 else:
-    from oss_serve.kernels.moe_mxfp4 import (DECODE_MAX_SLOTS, GroupedTiles, _group_slots_triton,
+    from oss_serve.kernels.moe_mxfp4 import (DECODE_MAX_SLOTS, _group_slots_triton,
                                              group_slots_by_expert, moe_mxfp4, moe_mxfp4_reference, select_path)
     from oss_serve.kernels.moe_mxfp4_decode import DecodeTiles
 

@@ -63,8 +63,9 @@ class _ChatChoice:
     completion_tokens: int = 0
     cached_tokens: int = 0
 
-    def apply(self, events: list[ParseEvent]) -> _DeltaParts:
-        parts = _DeltaParts()
+    def apply(self, events: list[ParseEvent], parts: _DeltaParts | None = None) -> _DeltaParts:
+        """Take in parser events; what they add goes into `parts` (a new one by default), returned."""
+        parts = _DeltaParts() if parts is None else parts
         for event in events:
             message = event.message
             if message.is_function_call:
@@ -102,10 +103,7 @@ class _ChatChoice:
             for token_id, logprob in zip(output.new_token_ids, output.new_logprobs):
                 message = self.parser.open_message
                 count = message.token_count if message is not None else -1
-                step = self.apply(self.parser.feed([token_id]))
-                parts.reasoning += step.reasoning
-                parts.content += step.content
-                parts.tool_calls += step.tool_calls
+                self.apply(self.parser.feed([token_id]), parts)
                 if (message is not None and self.parser.open_message is message and message.token_count > count
                         and not message.is_function_call and (self.inline_reasoning or not message.is_reasoning)):
                     kept.append(logprob)
@@ -114,10 +112,7 @@ class _ChatChoice:
         self.completion_tokens = output.completion_tokens
         self.cached_tokens = output.cached_tokens
         if output.finished:
-            tail = self.apply(self.parser.finish())
-            parts.reasoning += tail.reasoning
-            parts.content += tail.content
-            parts.tool_calls += tail.tool_calls
+            self.apply(self.parser.finish(), parts)
             # A call cut short by max_tokens or an abort is not a finished call: keep the engine's reason.
             self.finish_reason = ("tool_calls" if self.tool_calls and output.finish_reason == "stop"
                                   else output.finish_reason)
