@@ -27,19 +27,19 @@ import json
 import os
 import random
 import re
-import socket
 import statistics
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-READY_LINE = "The server is fired up and ready to roll!"
+from oss_serve.bench.server_process import ServerProcess
+
 PROMPT = "Count slowly and carefully: one two three four"
 
 
@@ -49,8 +49,14 @@ PROMPT = "Count slowly and carefully: one two three four"
 class ServerUnderTest:
     base_url: str
     headers: dict[str, str]
-    process: subprocess.Popen | None = None
-    log: list[str] = field(default_factory=list)
+    launched: ServerProcess | None = None  # None: a server someone else runs
+
+    @property
+    def process(self) -> subprocess.Popen | None:
+        return self.launched.process if self.launched is not None else None
+
+    def log_text(self) -> str:
+        return self.launched.log_text() if self.launched is not None else ""
 
     def pids(self) -> list[int]:
         """The server and every process below it (engine, tool sandboxes)."""
@@ -65,14 +71,7 @@ class ServerUnderTest:
         return _rss_kib(self.process.pid) if self.process is not None else 0
 
     def stop(self) -> int | None:
-        if self.process is None:
-            return None
-        self.process.terminate()
-        try:
-            return self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+        return self.launched.stop(timeout=60) if self.launched is not None else None
 
 
 def _descendants(pid: int) -> list[int]:
@@ -105,37 +104,10 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def start_server(model_path: str, extra_args: list[str], api_key: str | None, timeout_s: float = 300) -> ServerUnderTest:
-    port = _free_port()
-    command = [sys.executable, "-m", "oss_serve.launch_server", "--model-path", model_path, "--port", str(port),
-               "--device", "cpu", *extra_args]
-    if api_key:
-        command += ["--api-key", api_key]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    server = ServerUnderTest(f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {api_key}"} if api_key else {},
-                             process)
-    ready = threading.Event()
-
-    def read_log() -> None:
-        for line in process.stdout:  # type: ignore[union-attr]
-            server.log.append(line)
-            if READY_LINE in line:
-                ready.set()
-
-    threading.Thread(target=read_log, daemon=True).start()
-    deadline = time.monotonic() + timeout_s
-    while not ready.wait(0.1):
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError("the server did not start:\n" + "".join(server.log[-40:]))
-    return server
+    launched = ServerProcess(model_path, ["--device", "cpu", *extra_args, *(["--api-key", api_key] if api_key else [])],
+                             startup_timeout=timeout_s)
+    return ServerUnderTest(launched.base_url, {"Authorization": f"Bearer {api_key}"} if api_key else {}, launched)
 
 
 # --- helpers ---------------------------------------------------------------------------------

@@ -3,12 +3,6 @@ driven with the openai SDK."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -16,6 +10,8 @@ from typing import Iterator
 import httpx
 import openai
 import pytest
+
+from oss_serve.bench.server_process import ServerProcess
 
 API_KEY = "test-key"
 MODEL = "tiny-gpt-oss"
@@ -26,67 +22,30 @@ WEATHER_TOOL = {"type": "function", "function": {
     "parameters": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]}}}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class RunningServer:
-    def __init__(self, process: subprocess.Popen, base_url: str) -> None:
-        self.process = process
-        self.base_url = base_url
-        self.log: list[str] = []
-
-
 @pytest.fixture(scope="module")
-def server(tiny_ckpt: Path) -> Iterator[RunningServer]:
-    port = _free_port()
-    command = [sys.executable, "-m", "oss_serve.launch_server", "--model-path", str(tiny_ckpt),
-               "--port", str(port), "--api-key", API_KEY, "--served-model-name", MODEL, "--enable-metrics",
-               "--context-length", str(CONTEXT_LENGTH), "--reasoning-parser", "gpt-oss",
-               "--tool-call-parser", "gpt-oss", "--device", "cpu", "--max-total-tokens", "16384"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    running = RunningServer(process, f"http://127.0.0.1:{port}")
-    ready = threading.Event()
-
-    def read_log() -> None:
-        for line in process.stdout:  # type: ignore[union-attr]
-            running.log.append(line)
-            if READY_LINE in line:
-                ready.set()
-
-    threading.Thread(target=read_log, daemon=True).start()
-    deadline = time.monotonic() + 240
-    while not ready.is_set():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail("server did not start:\n" + "".join(running.log[-60:]))
-        time.sleep(0.1)
+def server(tiny_ckpt: Path) -> Iterator[ServerProcess]:
+    running = ServerProcess(tiny_ckpt, [
+        "--api-key", API_KEY, "--served-model-name", MODEL, "--enable-metrics", "--context-length", str(CONTEXT_LENGTH),
+        "--reasoning-parser", "gpt-oss", "--tool-call-parser", "gpt-oss", "--device", "cpu",
+        "--max-total-tokens", "16384"], startup_timeout=240)
     yield running
-    process.send_signal(signal.SIGTERM)
-    try:
-        assert process.wait(timeout=60) == 0, "".join(running.log[-40:])
-    finally:
-        if process.poll() is None:
-            process.kill()
+    assert running.stop(timeout=60) == 0, running.log_tail()
 
 
 @pytest.fixture(scope="module")
-def sdk(server: RunningServer) -> openai.OpenAI:
+def sdk(server: ServerProcess) -> openai.OpenAI:
     return openai.OpenAI(base_url=server.base_url + "/v1", api_key=API_KEY, max_retries=0, timeout=120)
 
 
 @pytest.fixture(scope="module")
-def http(server: RunningServer) -> Iterator[httpx.Client]:
+def http(server: ServerProcess) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {API_KEY}"},
                       timeout=120) as client:
         yield client
 
 
-def test_ready_line_and_health(server: RunningServer, http: httpx.Client) -> None:
-    assert any(line.rstrip().endswith(READY_LINE) for line in server.log)
+def test_ready_line_and_health(server: ServerProcess, http: httpx.Client) -> None:
+    assert any(line.rstrip().endswith(READY_LINE) for line in server.log_text().splitlines())
     assert httpx.get(server.base_url + "/health").status_code == 200  # no key needed
     assert http.get("/health_generate").status_code == 200
     assert http.get("/get_model_info").json()["served_model_name"] == MODEL
@@ -166,7 +125,7 @@ def test_errors_are_400(sdk: openai.OpenAI, call) -> None:
     assert set(raised.value.body) >= {"message", "type", "param", "code"}
 
 
-def test_malformed_json_and_missing_key(server: RunningServer, http: httpx.Client) -> None:
+def test_malformed_json_and_missing_key(server: ServerProcess, http: httpx.Client) -> None:
     response = http.post("/v1/chat/completions", content=b"{oops", headers={"content-type": "application/json"})
     assert response.status_code == 400 and "error" in response.json()
     assert httpx.get(server.base_url + "/v1/models").status_code == 401
@@ -209,7 +168,7 @@ def _aborted_requests(http: httpx.Client) -> float:
     return 0.0
 
 
-def test_dropped_streams_free_their_kv(server: RunningServer, http: httpx.Client) -> None:
+def test_dropped_streams_free_their_kv(server: ServerProcess, http: httpx.Client) -> None:
     before = _kv_pages_used(http)
     aborted_before = _aborted_requests(http)
     body = {"model": MODEL, "prompt": "Count slowly: one two three", "max_tokens": 400, "stream": True,

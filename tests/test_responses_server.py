@@ -2,12 +2,6 @@
 checkpoint, through the openai SDK: shapes, streaming, usage, stored / background responses, restart."""
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -16,61 +10,33 @@ import openai
 import pytest
 from openai.types.responses import Response
 
+from oss_serve.bench.server_process import ServerProcess, free_port
+
 MODEL = "tiny-gpt-oss"
-READY_LINE = "The server is fired up and ready to roll!"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Server:
-    """One server process on a store file; `restart()` brings up a new process on the same file."""
+    """One server process on a store file; stop() then start() brings up a new process on the same file."""
 
     def __init__(self, checkpoint: Path, store_path: Path, extra_args: tuple[str, ...] = ()) -> None:
         self.checkpoint, self.store_path, self.extra_args = checkpoint, store_path, extra_args
-        self.process: subprocess.Popen | None = None
-        self.log: list[str] = []
-        self.base_url = ""
+        self.process: ServerProcess | None = None
 
     def start(self) -> None:
-        port = _free_port()
-        self.base_url = f"http://127.0.0.1:{port}"
-        command = [sys.executable, "-m", "oss_serve.launch_server", "--model-path", str(self.checkpoint),
-                   "--port", str(port), "--served-model-name", MODEL, "--context-length", "1024",
-                   "--device", "cpu", "--max-total-tokens", "16384", "--response-store", str(self.store_path),
-                   *self.extra_args]
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        ready = threading.Event()
-
-        def read_log() -> None:
-            for line in self.process.stdout:  # type: ignore[union-attr]
-                self.log.append(line)
-                if READY_LINE in line:
-                    ready.set()
-
-        threading.Thread(target=read_log, daemon=True).start()
-        deadline = time.monotonic() + 240
-        while not ready.is_set():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.process.kill()
-                pytest.fail("server did not start:\n" + "".join(self.log[-60:]))
-            time.sleep(0.1)
+        self.process = ServerProcess(self.checkpoint, [
+            "--served-model-name", MODEL, "--context-length", "1024", "--device", "cpu", "--max-total-tokens", "16384",
+            "--response-store", str(self.store_path), *self.extra_args], startup_timeout=240)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            finally:
-                if self.process.poll() is None:
-                    self.process.kill()
+        if self.process is not None:
+            self.process.stop(timeout=60)
+
+    def log_text(self) -> str:
+        return self.process.log_text() if self.process is not None else ""
 
     def sdk(self) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.base_url + "/v1", api_key="none", max_retries=0, timeout=120)
+        assert self.process is not None
+        return openai.OpenAI(base_url=self.process.base_url + "/v1", api_key="none", max_retries=0, timeout=120)
 
 
 @pytest.fixture(scope="module")
@@ -183,11 +149,11 @@ def test_stored_response_survives_restart(server: Server) -> None:
 def test_unreachable_tool_server_is_reported_at_launch(tiny_ckpt: Path, tmp_path: Path) -> None:
     """A --tool-server nobody answers at is named in the launch log; the server still comes up and
     /v1/responses answers 503 (it retries, so a tool server started later is picked up)."""
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     server = Server(tiny_ckpt, tmp_path / "responses.sqlite3", ("--tool-server", address, "--tool-timeout", "5"))
     server.start()
     try:
-        launch_log = "".join(server.log)
+        launch_log = server.log_text()
         assert "tool servers could not be started" in launch_log and address in launch_log
         with pytest.raises(openai.InternalServerError, match="tool servers could not be started"):
             server.sdk().responses.create(model=MODEL, input="hi", max_output_tokens=4)

@@ -4,13 +4,6 @@ json_schema / regex / ebnf; streamed and not; bad schemas are 400s naming the pr
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -19,39 +12,18 @@ import jsonschema
 import openai
 import pytest
 
+from oss_serve.bench.server_process import ServerProcess
 from structured_schemas import SCHEMAS
 
-READY_LINE = "The server is fired up and ready to roll!"
 MESSAGES = [{"role": "user", "content": "Describe a person as JSON."}]
 
 
 @pytest.fixture(scope="module")
 def base_url(tiny_ckpt: Path) -> Iterator[str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "oss_serve.launch_server", "--model-path", str(tiny_ckpt), "--port", str(port),
-         "--device", "cpu", "--served-model-name", "x", "--context-length", "2048", "--max-total-tokens", "16384"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    log: list[str] = []
-    ready = threading.Event()
-
-    def read_log() -> None:
-        for line in process.stdout:  # type: ignore[union-attr]
-            log.append(line)
-            if READY_LINE in line:
-                ready.set()
-
-    threading.Thread(target=read_log, daemon=True).start()
-    deadline = time.monotonic() + 240
-    while not ready.wait(0.1):
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail("server did not start:\n" + "".join(log[-60:]))
-    yield f"http://127.0.0.1:{port}"
-    process.send_signal(signal.SIGTERM)
-    process.wait(timeout=60)
+    server = ServerProcess(tiny_ckpt, ["--device", "cpu", "--served-model-name", "x", "--context-length", "2048",
+                                       "--max-total-tokens", "16384"], startup_timeout=240)
+    yield server.base_url
+    server.stop(timeout=60)
 
 
 @pytest.fixture(scope="module")

@@ -44,15 +44,20 @@ class ServerProcess:
         command = [sys.executable, "-m", "oss_serve.launch_server", "--model-path", str(model_path),
                    "--host", "127.0.0.1", "--port", str(self.port), *(extra_args or [])]
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
         try:
             self._wait_healthy(startup_timeout)
         except BaseException:
             self.stop()
             raise
 
+    def log_text(self) -> str:
+        """Everything the server has printed so far (stdout and stderr)."""
+        return self.log_path.read_text(errors="replace")
+
     def log_tail(self, max_chars: int = 4000) -> str:
-        return self.log_path.read_text(errors="replace")[-max_chars:]
+        return self.log_text()[-max_chars:]
 
     def _wait_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -70,14 +75,16 @@ class ServerProcess:
             time.sleep(0.5)
         raise TimeoutError(f"server not healthy after {timeout:.0f}s:\n{self.log_tail()}")
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM (the server drains, then exits), SIGKILL after `timeout` seconds; the exit code."""
         if self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(timeout=30)
+                self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        return self.process.returncode
 
     def __enter__(self) -> "ServerProcess":
         return self
