@@ -1,6 +1,6 @@
 """bench_serving end to end against the real server on the tiny checkpoint, one run per backend.
 
-Skipped until `oss_serve.launch_server` exists; the server is started once per session.
+The server is started once per session.
 """
 from __future__ import annotations
 
@@ -10,12 +10,9 @@ from pathlib import Path
 import pytest
 
 from oss_serve.bench.backends import BACKEND_NAMES
-from oss_serve.bench.server_process import (ServerNotReady, has_responses_api, launch_server_available,
-                                            shared_server, stop_shared_servers)
+from oss_serve.bench.server_process import shared_server, stop_shared_servers
 from oss_serve.bench.serving import main as bench_main
 
-pytestmark = pytest.mark.skipif(not launch_server_available(),
-                                reason="oss_serve.launch_server is not written yet: no server to benchmark")
 
 NUM_PROMPTS = 4
 INPUT_LEN = 24
@@ -25,10 +22,7 @@ OUTPUT_LEN = 6
 @pytest.fixture(scope="module")
 def server_url(tiny_ckpt: Path, request: pytest.FixtureRequest) -> str:
     request.config.add_cleanup(stop_shared_servers)
-    try:
-        return shared_server(tiny_ckpt).base_url
-    except ServerNotReady as exc:  # the engine or API is still being written
-        pytest.skip(str(exc))
+    return shared_server(tiny_ckpt).base_url
 
 
 def _run(capsys: pytest.CaptureFixture[str], tmp_path: Path, server_url: str, tiny_ckpt: Path,
@@ -60,9 +54,6 @@ def _assert_exact_run(printed: str, record: dict, num_prompts: int = NUM_PROMPTS
 @pytest.mark.parametrize("backend", BACKEND_NAMES)
 def test_every_backend_streams_exact_counts(backend: str, capsys, tmp_path: Path, server_url: str,
                                             tiny_ckpt: Path) -> None:
-    if backend == "openai-responses":
-        if not has_responses_api(server_url):  # the Responses API is its own issue
-            pytest.skip("the server has no /v1/responses route yet")
     printed, record = _run(capsys, tmp_path, server_url, tiny_ckpt, "--backend", backend)
     _assert_exact_run(printed, record)
     assert record["backend"] == backend and record["stream"] is True
@@ -74,9 +65,6 @@ def test_every_backend_streams_exact_counts(backend: str, capsys, tmp_path: Path
 
 @pytest.mark.parametrize("backend", ["oss-serve", "openai", "openai-chat", "openai-responses"])
 def test_non_streamed_replies(backend: str, capsys, tmp_path: Path, server_url: str, tiny_ckpt: Path) -> None:
-    if backend == "openai-responses":
-        if not has_responses_api(server_url):  # the Responses API is its own issue
-            pytest.skip("the server has no /v1/responses route yet")
     printed, record = _run(capsys, tmp_path, server_url, tiny_ckpt, "--backend", backend, "--disable-stream")
     _assert_exact_run(printed, record)
     assert record["ttfts"] == record["e2e_latencies"]

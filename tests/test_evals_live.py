@@ -1,7 +1,7 @@
 """The evals end to end against the real server on the tiny checkpoint, with both samplers.
 
 A random-weight model answers at random: these tests check the plumbing (requests answered,
-graded, reported), not the score. Skipped until `oss_serve.launch_server` exists.
+graded, reported), not the score.
 """
 from __future__ import annotations
 
@@ -10,12 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from oss_serve.bench.server_process import (ServerNotReady, has_responses_api, launch_server_available,
-                                            shared_server, stop_shared_servers)
+from oss_serve.bench.server_process import shared_server, stop_shared_servers
 from oss_serve.evals.cli import main as evals_main
 
-pytestmark = pytest.mark.skipif(not launch_server_available(),
-                                reason="oss_serve.launch_server is not written yet: no server to evaluate")
 
 GPQA_CSV = (
     "Question,Correct Answer,Incorrect Answer 1,Incorrect Answer 2,Incorrect Answer 3\n"
@@ -28,10 +25,7 @@ AIME_JSONL = '{"question": "What is 6 times 7?", "answer": "42"}\n{"question": "
 @pytest.fixture(scope="module")
 def server_url(tiny_ckpt: Path, request: pytest.FixtureRequest) -> str:
     request.config.add_cleanup(stop_shared_servers)
-    try:
-        return shared_server(tiny_ckpt).base_url
-    except ServerNotReady as exc:  # the engine or API is still being written
-        pytest.skip(str(exc))
+    return shared_server(tiny_ckpt).base_url
 
 
 @pytest.mark.parametrize("sampler", ["responses", "chat_completions"])
@@ -39,9 +33,6 @@ def server_url(tiny_ckpt: Path, request: pytest.FixtureRequest) -> str:
                                                            ("aime25", "aime.jsonl", AIME_JSONL)])
 def test_eval_runs_against_the_server(sampler: str, eval_name: str, file_name: str, content: str, tmp_path: Path,
                                       server_url: str, tiny_ckpt: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    if sampler == "responses":
-        if not has_responses_api(server_url):  # the Responses API is its own issue
-            pytest.skip("the server has no /v1/responses route yet")
     dataset = tmp_path / file_name
     dataset.write_text(content)
     out_dir = tmp_path / "reports"

@@ -4,9 +4,7 @@ Used by the end-to-end tests and by benchmark scripts that bring their own serve
 """
 from __future__ import annotations
 
-import importlib.util
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -15,18 +13,6 @@ import time
 from pathlib import Path
 
 import httpx
-
-
-class ServerNotReady(RuntimeError):
-    """The server exited because part of the project it imports is not written yet."""
-
-
-_NOT_WRITTEN_YET = re.compile(r"(ImportError: cannot import name .* from 'oss_serve[^\n]*"
-                              r"|ModuleNotFoundError: No module named 'oss_serve[^\n]*)")
-
-
-def launch_server_available() -> bool:
-    return importlib.util.find_spec("oss_serve.launch_server") is not None
 
 
 def free_port() -> int:
@@ -63,10 +49,7 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                log = self.log_tail()
-                if (missing := _NOT_WRITTEN_YET.search(log)) is not None:
-                    raise ServerNotReady(f"the server cannot start yet: {missing.group(0)}")
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{log}")
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
                 if httpx.get(self.base_url + "/health", timeout=5.0).status_code == 200:
                     return
@@ -91,11 +74,6 @@ class ServerProcess:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
-
-
-def has_responses_api(base_url: str) -> bool:
-    """Whether the server routes /v1/responses: a server that does answers an empty body with 400, not 404."""
-    return httpx.post(base_url.rstrip("/") + "/v1/responses", json={}, timeout=30).status_code != 404
 
 
 _shared_servers: dict[str, ServerProcess] = {}
