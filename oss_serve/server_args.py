@@ -78,7 +78,7 @@ class ServerArgs:
     response_store_max: int | None = arg(10000, "Most stored responses; the oldest go first.")
 
     # --- tools ---
-    tool_server: str | None = arg(None, "'demo' for built-in python and browser tools and/or comma-separated MCP servers (host:port or URL).")
+    tool_server: str | None = arg(None, "'demo' for built-in python and browser tools and/or comma-separated MCP servers (host:port or URL); started at launch.")
     python_backend: str | None = arg(None, "Python tool backend (default: PYTHON_EXECUTION_BACKEND, else docker, else sandbox).",
                                      choices=("docker", "uv", "dangerously_use_uv", "sandbox"))
     tool_timeout: float = arg(120.0, "Seconds one tool call may run.")
