@@ -4,11 +4,11 @@
 request's next-token rule is already known (it depends only on tokens taken so far), so the
 grammar masks are filled in parallel by llguidance's thread pool (which drops the GIL) while the
 model computes the logits. The sampler then waits for the masks (usually long done) and applies
-them to the rows that need them in one vectorized masked_fill.
+them in place to the rows that need them: on a GPU one kernel reads the packed bits, on CPU the
+worker has unpacked them.
 """
 from __future__ import annotations
 
-import functools
 import logging
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,6 +21,7 @@ import torch
 from llguidance import LLExecutor, LLTokenizer
 
 from oss_serve.harmony import encoding as harmony_ids
+from oss_serve.kernels.token_mask import mask_tokens_
 from oss_serve.structured.constraint import BannedStep, ForcedStep, GrammarStep, RequestConstraint
 from oss_serve.structured.grammar import load_tokenizer
 from oss_serve.structured.spec import StructuredOutput
@@ -40,12 +41,11 @@ _GRAMMAR_END_WORD, _GRAMMAR_END_BIT = divmod(harmony_ids.RETURN, 32)
 class StepMasks:
     """The masks of one step's sampled rows, keyed by request (by identity)."""
     vocab_size: int
-    device: torch.device
     grammar_rows: dict[int, int] = field(default_factory=dict)  # id(request) -> row in the bitmask
     forced: dict[int, int] = field(default_factory=dict)  # id(request) -> the only allowed token
     banned: dict[int, tuple[int, ...]] = field(default_factory=dict)  # id(request) -> disallowed tokens
     # Grammar rows' disallowed tokens: packed int32 bits on the way to a GPU, unpacked bools on CPU.
-    disallowed: Future[np.ndarray] | None = None
+    disallowed: Future[torch.Tensor] | None = None
 
     def apply(self, logits: torch.Tensor, requests: Sequence[Request]) -> torch.Tensor:
         """Set every disallowed token of these requests to -inf, in place (the sampler owns the
@@ -65,18 +65,12 @@ class StepMasks:
         device = logits.device
         if grammar_rows:
             assert self.disallowed is not None
-            disallowed = torch.from_numpy(self.disallowed.result())
-            if device.type == "cpu":
-                disallowed = disallowed.view(torch.bool)
+            disallowed = self.disallowed.result()
+            if disallowed.dtype == torch.bool:  # unpacked by the worker (CPU): row by row, in place, no copies
+                for row, mask_row in zip(grammar_rows, mask_rows):
+                    logits[row].masked_fill_(disallowed[mask_row], float("-inf"))
             else:
-                disallowed = unpack_bits(disallowed.to(device, non_blocking=True), self.vocab_size)
-            if mask_rows != list(range(len(mask_rows))):
-                disallowed = disallowed[mask_rows]
-            if grammar_rows == list(range(logits.shape[0])):  # the usual case: no gather, one pass
-                logits.masked_fill_(disallowed, float("-inf"))
-            else:
-                rows = torch.tensor(grammar_rows, device=device)
-                logits[rows] = logits[rows].masked_fill(disallowed, float("-inf"))
+                mask_tokens_(logits, disallowed.to(device, non_blocking=True), grammar_rows, mask_rows)
         if forced_rows:
             rows = torch.tensor(forced_rows, device=device)
             tokens = torch.tensor(forced_tokens, device=device)
@@ -86,17 +80,6 @@ class StepMasks:
         if banned_rows:
             logits[torch.tensor(banned_rows, device=device), torch.tensor(banned_tokens, device=device)] = float("-inf")
         return logits
-
-
-@functools.cache
-def _bit_shifts(device: torch.device) -> torch.Tensor:
-    return torch.arange(32, dtype=torch.int32, device=device)
-
-
-def unpack_bits(packed: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """[rows, words] int32 bitmask (bit i of word w = token 32w+i) -> [rows, vocab] bool, on the GPU."""
-    bits = (packed.unsqueeze(-1) >> _bit_shifts(packed.device)) & 1
-    return bits.view(packed.shape[0], -1)[:, :vocab_size].bool()
 
 
 class StructuredDecoding:
@@ -110,6 +93,9 @@ class StructuredDecoding:
         self._device = device
         self._worker: ThreadPoolExecutor | None = None
         self._executor: LLExecutor | None = None
+        # Page-locked, so the copy to the GPU is one DMA; rewriting it is safe: each step's sampling
+        # syncs before the next step's fill starts.
+        self._pinned: torch.Tensor | None = None
 
     @property
     def tokenizer(self) -> LLTokenizer:
@@ -126,7 +112,7 @@ class StructuredDecoding:
         constrained = [request for request in requests if request.constraint is not None]
         if not constrained:
             return None
-        masks = StepMasks(self.vocab_size, self._device)
+        masks = StepMasks(self.vocab_size)
         grammar_steps: list[GrammarStep] = []
         for request in constrained:
             step = request.constraint.next_step_mask()
@@ -146,10 +132,22 @@ class StructuredDecoding:
             masks.disallowed = self._worker.submit(self._fill, grammar_steps)
         return masks
 
-    def _fill(self, steps: list[GrammarStep]) -> np.ndarray:
+    def _host_bitmask(self, rows: int, words: int) -> tuple[np.ndarray, torch.Tensor]:
+        """A zeroed [rows, words] int32 bitmask as numpy (for llguidance) and torch (same memory)."""
+        if self._device.type != "cuda":
+            bitmask = np.zeros((rows, words), dtype=np.int32)
+            return bitmask, torch.from_numpy(bitmask)
+        if self._pinned is None or self._pinned.shape[0] < rows:
+            self._pinned = torch.empty((max(rows, 64), words), dtype=torch.int32, pin_memory=True)
+        tensor = self._pinned[:rows]
+        bitmask = tensor.numpy()
+        bitmask.fill(0)
+        return bitmask, tensor
+
+    def _fill(self, steps: list[GrammarStep]) -> torch.Tensor:
         assert self._executor is not None
         words = (self.vocab_size + 31) // 32
-        bitmask = np.zeros((len(steps), words), dtype=np.int32)
+        bitmask, packed = self._host_bitmask(len(steps), words)
         for step in steps:
             if step.catch_up and not step.matcher.consume_tokens(list(step.catch_up)):
                 logger.warning("grammar rejected a sampled token (%s); ending that content", step.matcher.get_error())
@@ -160,18 +158,18 @@ class StructuredDecoding:
         end_bit = np.int32(1 << _GRAMMAR_END_BIT) if _GRAMMAR_END_BIT < 31 else np.int32(-(1 << 31))
         grammar_done = (bitmask[:, _GRAMMAR_END_WORD] & end_bit) != 0
         stuck = ~bitmask.any(axis=1)
-        for row, step in enumerate(steps):
-            failed = step.matcher.is_error()
-            if step.terminator == harmony_ids.RETURN and not failed and not stuck[row]:
-                continue  # the end bit is already where it belongs
-            bitmask[row, _GRAMMAR_END_WORD] &= ~end_bit
-            if grammar_done[row] or failed or stuck[row]:
-                word, bit = divmod(step.terminator, 32)
-                bitmask[row, word] |= np.int32(1 << bit) if bit < 31 else np.int32(-(1 << 31))
-        np.invert(bitmask, out=bitmask)  # masked_fill wants the disallowed tokens
+        failed = np.fromiter((step.matcher.is_error() for step in steps), dtype=bool, count=len(steps))
+        moved = failed | stuck | np.fromiter((step.terminator != harmony_ids.RETURN for step in steps), dtype=bool,
+                                             count=len(steps))
+        bitmask[moved, _GRAMMAR_END_WORD] &= ~end_bit
+        for row in np.flatnonzero(moved & (grammar_done | failed | stuck)).tolist():
+            word, bit = divmod(steps[row].terminator, 32)
+            bitmask[row, word] |= np.int32(1 << bit) if bit < 31 else np.int32(-(1 << 31))
+        np.invert(bitmask, out=bitmask)  # the masks name the disallowed tokens
         if self._device.type == "cpu":  # unpack here, off the critical path
-            return np.unpackbits(bitmask.view(np.uint8), axis=1, count=self.vocab_size, bitorder="little")
-        return bitmask
+            unpacked = np.unpackbits(bitmask.view(np.uint8), axis=1, count=self.vocab_size, bitorder="little")
+            return torch.from_numpy(unpacked).view(torch.bool)
+        return packed
 
 
 def apply_step_masks(logits: torch.Tensor, requests: Sequence[Request]) -> torch.Tensor:
