@@ -3,10 +3,12 @@
     python benchmarks/structured_overhead.py                     # tiny preset, CPU
     python benchmarks/structured_overhead.py --preset mini --device cuda
     python benchmarks/structured_overhead.py --model-path PATH --batch 64 --output-len 64
+    python benchmarks/structured_overhead.py --harmony            # grammar on the final answer only
 
-Every constrained request has a live JSON-schema grammar on every step (raw mode, schemas
-whose strings and arrays stay open), the worst case: inside harmony the grammar is live only
-in the answer. Reports the median full-batch step time of both runs, the growth, how long the
+By default every constrained request has a live JSON-schema grammar on every step (raw mode,
+schemas whose strings and arrays stay open), the worst case for the fill. `--harmony` is the chat
+case: the grammar is live only in the final answer, so a step mixes grammar rows with rows that
+only have end tokens banned or a header forced. Reports the median full-batch step time of both runs, the growth, how long the
 mask fill took on its worker thread, and how long the sampler spent applying masks (the part
 on the critical path, including any wait for the fill).
 """
@@ -81,6 +83,8 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=32)
     parser.add_argument("--output-len", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--harmony", action="store_true",
+                        help="grammar on the final answer only: free reasoning first, then a forced header")
     args = parser.parse_args()
 
     model_path = args.model_path
@@ -97,7 +101,7 @@ def main() -> None:
     def params(constrained: bool) -> list[SamplingParams]:
         return [SamplingParams(max_new_tokens=args.output_len, temperature=1.0, seed=i, ignore_eos=True,
                                structured=StructuredOutput(answer=GrammarSpec(
-                                   "json_schema", json.dumps(OPEN_SCHEMAS[i % len(OPEN_SCHEMAS)])), harmony=False)
+                                   "json_schema", json.dumps(OPEN_SCHEMAS[i % len(OPEN_SCHEMAS)])), harmony=args.harmony)
                                if constrained else None)
                 for i in range(args.batch)]
 
@@ -111,7 +115,7 @@ def main() -> None:
     report = {
         "device": (torch.cuda.get_device_name() if args.device.startswith("cuda")
                    else f"cpu ({torch.get_num_threads()} threads)"),
-        "model": Path(model_path).name, "batch": args.batch,
+        "model": Path(model_path).name, "batch": args.batch, "harmony": args.harmony,
         "unconstrained_step_ms": round(free, 3), "constrained_step_ms": round(constrained, 3),
         "growth_percent": round(100 * (constrained / free - 1), 2),
         "mask_fill_ms_median (worker thread, overlaps the forward)": round(statistics.median(timings.fill) * 1e3, 3),
