@@ -259,6 +259,13 @@ def moe_cases(experts: dict[str, torch.Tensor], dense: list[TorchExperts]) -> li
         cases.append((f"moe T={num_tokens} {word}", lambda t=num_tokens, v=word: moe_timing(experts, None, length(t), v)))
     cases.append(("moe cuda graph", lambda: moe_graph_check(experts)))
     sweeps: list[tuple[int, str, object]] = []
+    # T=64 / 256 (16- / 32-row tiles) are latency-bound: the default tiles keep 8-12 warps per SM in flight
+    # (`python benchmarks/kernel_sass.py --occupancy`); narrower tiles keep 16-36, byte and word decode.
+    for num_tokens, block_m in ((256, 32), (64, 16)):
+        for block_n, block_k, stages in ((32, 64, 3), (64, 64, 3), (32, 128, 3), (32, 64, 4)):
+            for word in (False, True):
+                sweeps.append((num_tokens, "grouped", GroupedTiles(block_m=block_m, block_n=block_n, block_k=block_k,
+                                                                   num_warps=4, num_stages=stages, word_decode=word)))
     for tiles in (DecodeTiles(8, 8, 256, 2, word_decode=True), DecodeTiles(16, 8, 512, 4, word_decode=True),
                   DecodeTiles(8, 4, 512, 4, word_decode=True), DecodeTiles(4, 4, 512, 2, word_decode=True)):
         sweeps += [(1, "decode", tiles), (4, "decode", tiles)]
@@ -276,7 +283,7 @@ def moe_cases(experts: dict[str, torch.Tensor], dense: list[TorchExperts]) -> li
         sweeps += [(1024, "grouped", tiles), (4096, "grouped", tiles)]
     for num_tokens, path, tiles in sweeps:
         option = "decode_tiles" if path == "decode" else "grouped_tiles"
-        cases.append((f"moe word sweep T={num_tokens} {tiles}",
+        cases.append((f"moe sweep T={num_tokens} {tiles}",
                       lambda t=num_tokens, p=path, o=option, g=tiles: moe_timing(experts, None, length(t), p,
                                                                                  **{o: g})))
     return cases
