@@ -49,7 +49,8 @@ def mask_tokens_(logits: torch.Tensor, packed: torch.Tensor, logit_rows: Sequenc
     [bitmask rows, ceil(vocab / 32)] on the same device. Returns `logits`."""
     if not _support.use_triton(logits):
         return mask_tokens_reference(logits, packed, logit_rows, mask_rows)
-    assert len(logit_rows) == len(mask_rows) and logits.stride(1) == 1 and packed.stride(1) == 1
+    assert len(logit_rows) == len(mask_rows) and logits.dtype == torch.float32 and packed.dtype == torch.int32
+    assert logits.stride(1) == 1 and packed.stride(1) == 1
     if not logit_rows:
         return logits
     vocab_size = logits.shape[1]
