@@ -4,11 +4,15 @@ from __future__ import annotations
 import math
 import random
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
+import torch
 
 from oss_serve import LLM, SamplingParams
 from oss_serve.engine.detokenizer import IncrementalDetokenizer
+from oss_serve.engine.sampler import CDF_BLOCK, _inverse_cdf, sample
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -141,3 +145,53 @@ def test_incremental_detokenizer_holds_back_a_possible_stop(llm: LLM) -> None:
     detok = IncrementalDetokenizer(tokenizer, SamplingParams(stop=["STOP"]))
     streamed = "".join(detok.feed([i]) for i in ids) + detok.feed([], finished=True, matched_stop="STOP")
     assert streamed == "alpha beta "
+
+
+def fake_requests(count: int, seed: int = 0, **params) -> list:
+    """What the sampler reads of a request: its params and generator."""
+    return [SimpleNamespace(params=SamplingParams(**params), rng=random.Random(seed + i), step_masks=None,
+                            token_ids=[], output_counts=None) for i in range(count)]
+
+
+def test_inverse_cdf_finds_the_token_where_the_uniform_falls() -> None:
+    vocab = 2 * CDF_BLOCK + 37  # whole blocks and a tail
+    gen = torch.Generator().manual_seed(0)
+    weights = torch.rand(3, vocab, generator=gen)
+    weights[weights < 0.3] = 0.0
+    weights[1, CDF_BLOCK:] = 0.0  # nothing after the first block
+    weights[2, :-5] = 0.0  # weight only in the tail
+    uniforms = torch.tensor([0.0, 0.25, 0.5, 0.75, 0.999, 1 - 2 ** -53], dtype=torch.float64)
+    for row in range(3):
+        picks = _inverse_cdf(weights[row].expand(len(uniforms), -1), uniforms).tolist()
+        running = np.cumsum(weights[row].double().numpy())
+        want = np.minimum(np.searchsorted(running, uniforms.numpy() * running[-1], side="right"), vocab - 1)
+        assert all(weights[row, pick] > 0 for pick in picks)  # never a zero-weight token, even at u -> 1
+        assert picks[:-1] == want[:-1].tolist()
+
+
+@pytest.mark.parametrize("params", [{"temperature": 1.0}, {"temperature": 0.7, "min_p": 0.1},
+                                    {"temperature": 1.0, "top_k": 5}, {"temperature": 1.3, "top_p": 0.8}],
+                         ids=["plain", "min_p", "top_k", "top_p"])
+def test_draws_follow_the_filtered_distribution(params: dict) -> None:
+    vocab, draws = 2 * CDF_BLOCK + 37, 4000
+    logits = torch.full((vocab,), -30.0)
+    likely = [3, 700, CDF_BLOCK + 1, 2 * CDF_BLOCK - 1, 2 * CDF_BLOCK + 30]  # in each block and the tail
+    logits[likely] = torch.tensor([1.0, 2.0, 0.5, 1.5, 1.2])
+    logits[likely[0] + 1] = -1.0  # below min-p 0.1 at temperature 0.7; outside top-5 and top-p 0.8
+    requests = fake_requests(draws, **params)
+    tokens, _ = sample(logits.expand(draws, -1).clone(), requests)
+    # The reference: softmax at the temperature, the filter, renormalized.
+    probs = torch.softmax(logits.double() / params["temperature"], dim=-1)
+    keep = probs >= params.get("min_p", 0.0) * probs.max()
+    if "top_k" in params:
+        keep &= probs >= probs.topk(params["top_k"]).values[-1]
+    if "top_p" in params:
+        ordered, order = probs.sort(descending=True)
+        kept = (ordered.cumsum(0) - ordered) < params["top_p"]
+        keep &= torch.zeros_like(keep).scatter(0, order, kept)
+    probs = torch.where(keep, probs, 0.0)
+    probs /= probs.sum()
+    counts = torch.bincount(torch.tensor(tokens), minlength=vocab).double() / draws
+    assert set(tokens) <= set(torch.nonzero(probs).flatten().tolist())
+    tolerance = 5 * torch.sqrt(probs * (1 - probs) / draws) + 1e-3
+    assert torch.all((counts - probs).abs() <= tolerance), (counts[likely], probs[likely])

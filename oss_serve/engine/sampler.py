@@ -1,8 +1,9 @@
 """Batched sampling: penalties, temperature, top-k / top-p / min-p, seeded draws, logprobs.
 
 One uniform number per row comes from the request's own generator and picks the token by inverse
-CDF over the row's filtered distribution, so a seeded request draws the same tokens whatever else
-shares its batch. All other work runs on the whole [rows, vocab] tensor at once.
+CDF over the row's filtered distribution (in token order, or in rank order after a top-k / top-p
+cut), so a seeded request draws the same tokens whatever else shares its batch. All other work runs
+on the whole [rows, vocab] tensor at once; only top-k / top-p rows are sorted.
 """
 from __future__ import annotations
 
@@ -29,32 +30,89 @@ def _apply_penalties(logits: torch.Tensor, requests: list[Request]) -> None:
                 logits[row, ids] -= params.frequency_penalty * freq + params.presence_penalty
 
 
-def _filtered_probs(logits: torch.Tensor, requests: list[Request]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Probabilities after temperature and top-k/top-p/min-p. When filtering needs a sort, the
-    probabilities come back in sorted order together with the token ids of each column."""
+# An inverse-CDF draw finds its block of this many tokens from the block totals, then its token from that
+# block's running sum: no running sum (nor float64 copy) of the whole [rows, vocab] distribution.
+CDF_BLOCK = 1024
+
+
+def _weights(logits: torch.Tensor, requests: list[Request]) -> torch.Tensor:
+    """Unnormalized probabilities exp((logit - max) / temperature) with min-p applied (the largest is 1)."""
     device = logits.device
-    temperature = torch.tensor([r.params.temperature for r in requests], dtype=torch.float32, device=device)
-    probs = torch.softmax(logits / temperature[:, None], dim=-1)
+    weights = torch.sub(logits, logits.amax(dim=-1, keepdim=True))
+    temperature = [r.params.temperature for r in requests]
+    if any(t != 1.0 for t in temperature):
+        weights.div_(torch.tensor(temperature, dtype=torch.float32, device=device)[:, None])
+    weights.exp_()
     min_p = [r.params.min_p for r in requests]
     if any(min_p):
-        threshold = torch.tensor(min_p, device=device)[:, None] * probs.max(dim=-1, keepdim=True).values
-        probs = probs.masked_fill(probs < threshold, 0.0)
-    top_k = [r.params.top_k for r in requests]
-    top_p = [r.params.top_p for r in requests]
-    if all(k < 0 for k in top_k) and all(p >= 1.0 for p in top_p):
-        return probs, None
-    vocab = probs.shape[-1]
+        weights.masked_fill_(weights < torch.tensor(min_p, device=device)[:, None], 0.0)
+    return weights
+
+
+def _cut_by_rank(weights: torch.Tensor, requests: list[Request]) -> tuple[torch.Tensor, torch.Tensor]:
+    """top-k / top-p: the weights sorted (largest first) with the cut ones zeroed, and each column's token id."""
+    device = weights.device
+    vocab = weights.shape[-1]
     # A stable sort: bf16 logits tie often, and ties must fall in the same order whatever the batch.
-    sorted_probs, order = torch.sort(probs, dim=-1, descending=True, stable=True)
-    columns = torch.arange(sorted_probs.shape[-1], device=device)
-    k_per_row = torch.tensor([k if k > 0 else vocab for k in top_k], device=device)
-    sorted_probs = sorted_probs.masked_fill(columns[None, :] >= k_per_row[:, None], 0.0)
+    sorted_weights, order = torch.sort(weights, dim=-1, descending=True, stable=True)
+    columns = torch.arange(vocab, device=device)
+    k_per_row = torch.tensor([r.params.top_k if r.params.top_k > 0 else vocab for r in requests], device=device)
+    sorted_weights.masked_fill_(columns[None, :] >= k_per_row[:, None], 0.0)
+    top_p = [r.params.top_p for r in requests]
     if any(p < 1.0 for p in top_p):
         top_p_t = torch.tensor(top_p, device=device)[:, None]
-        mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
+        mass_before = torch.cumsum(sorted_weights, dim=-1) - sorted_weights
         # Keep the smallest set of top tokens whose mass reaches top_p (always the first one).
-        sorted_probs = sorted_probs.masked_fill(mass_before >= top_p_t * sorted_probs.sum(-1, keepdim=True), 0.0)
-    return sorted_probs, order
+        sorted_weights.masked_fill_(mass_before >= top_p_t * sorted_weights.sum(-1, keepdim=True), 0.0)
+    return sorted_weights, order
+
+
+def _inverse_cdf(weights: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Per row, the column where uniform * total falls in the running sum of the non-negative weights."""
+    rows, vocab = weights.shape
+    whole = vocab // CDF_BLOCK * CDF_BLOCK
+    totals = weights[:, :whole].reshape(rows, -1, CDF_BLOCK).sum(-1)
+    if whole < vocab:
+        totals = torch.cat([totals, weights[:, whole:].sum(-1, keepdim=True)], dim=1)
+    cdf = totals.double().cumsum_(dim=-1)
+    total = cdf[:, -1]
+    # u * total may round up to the total: stay below it, so that the block found holds weight.
+    target = torch.minimum(uniforms * total, torch.nextafter(total, torch.zeros_like(total)))[:, None]
+    block = torch.searchsorted(cdf, target, right=True).clamp_(max=cdf.shape[1] - 1)
+    before = torch.where(block > 0, cdf.gather(1, (block - 1).clamp(min=0)), 0.0)
+    columns = block * CDF_BLOCK + torch.arange(CDF_BLOCK, device=weights.device)
+    chunk = weights.gather(1, columns.clamp(max=vocab - 1)).masked_fill_(columns >= vocab, 0.0)
+    offset = torch.searchsorted(chunk.double().cumsum(dim=-1), target - before, right=True).clamp_(max=CDF_BLOCK - 1)
+    # The block totals and this running sum round differently: a draw past the block's last weight takes
+    # its largest instead.
+    offset = torch.where(chunk.gather(1, offset) > 0, offset, chunk.argmax(dim=-1, keepdim=True))
+    return (block * CDF_BLOCK + offset).squeeze(1)
+
+
+def _draw(logits: torch.Tensor, requests: list[Request]) -> list[int]:
+    """One token per row: argmax for greedy rows, an inverse-CDF draw with the request's uniform otherwise."""
+    random_rows = [i for i, r in enumerate(requests) if r.params.temperature > 0]
+    if len(random_rows) < len(requests):
+        tokens = torch.argmax(logits, dim=-1)
+    else:
+        tokens = torch.empty(len(requests), dtype=torch.long, device=logits.device)
+    if not random_rows:
+        return tokens.tolist()
+    subset = [requests[i] for i in random_rows]
+    weights = _weights(logits if len(subset) == len(requests) else logits[random_rows], subset)
+    uniforms = torch.tensor([r.rng.random() for r in subset], dtype=torch.float64, device=logits.device)
+    cut = [i for i, r in enumerate(subset) if r.params.top_k > 0 or r.params.top_p < 1.0]
+    if not cut:
+        picks = _inverse_cdf(weights, uniforms)
+    else:
+        picks = torch.empty(len(subset), dtype=torch.long, device=logits.device)
+        uncut = sorted(set(range(len(subset))) - set(cut))
+        if uncut:
+            picks[uncut] = _inverse_cdf(weights[uncut], uniforms[uncut])
+        sorted_weights, order = _cut_by_rank(weights[cut], [subset[i] for i in cut])
+        picks[cut] = order.gather(1, _inverse_cdf(sorted_weights, uniforms[cut])[:, None]).squeeze(1)
+    tokens[random_rows] = picks
+    return tokens.tolist()
 
 
 def sample(logits: torch.Tensor, requests: list[Request]) -> tuple[list[int], list[TokenLogprob | None]]:
@@ -69,22 +127,7 @@ def sample(logits: torch.Tensor, requests: list[Request]) -> tuple[list[int], li
         logits = logits.clone()
         _apply_penalties(logits, requests)
 
-    greedy_tokens = torch.argmax(logits, dim=-1)
-    random_rows = [i for i, r in enumerate(requests) if r.params.temperature > 0]
-    if random_rows:
-        subset = [requests[i] for i in random_rows]
-        probs, order = _filtered_probs(logits[random_rows], subset)
-        uniforms = torch.tensor([r.rng.random() for r in subset], dtype=torch.float64, device=logits.device)
-        cdf = torch.cumsum(probs.double(), dim=-1)
-        picks = torch.searchsorted(cdf, (uniforms * cdf[:, -1])[:, None], right=True).clamp_(max=cdf.shape[-1] - 1)
-        # A zero-probability column can only be picked through rounding at the very end: step back.
-        picked_prob = torch.gather(probs, 1, picks)
-        fallback = torch.argmax(probs, dim=-1, keepdim=True)
-        picks = torch.where(picked_prob > 0, picks, fallback)
-        if order is not None:
-            picks = torch.gather(order, 1, picks)
-        greedy_tokens[random_rows] = picks.squeeze(1)
-    tokens = greedy_tokens.tolist()
+    tokens = _draw(logits, requests)
 
     logprobs: list[TokenLogprob | None] = [None] * len(requests)
     if raw_logprobs is not None:
