@@ -12,7 +12,7 @@ import torch
 
 from oss_serve import LLM, SamplingParams
 from oss_serve.engine.detokenizer import IncrementalDetokenizer
-from oss_serve.engine.sampler import CDF_BLOCK, _inverse_cdf, sample
+from oss_serve.engine.sampler import CDF_BLOCK, CUT_CANDIDATES, _cut_by_rank, _inverse_cdf, sample
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -195,3 +195,26 @@ def test_draws_follow_the_filtered_distribution(params: dict) -> None:
     assert set(tokens) <= set(torch.nonzero(probs).flatten().tolist())
     tolerance = 5 * torch.sqrt(probs * (1 - probs) / draws) + 1e-3
     assert torch.all((counts - probs).abs() <= tolerance), (counts[likely], probs[likely])
+
+
+def stable_sort_cut(weights: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """The definition: rank by weight with equal weights in token order, keep the first top_k, then the
+    shortest prefix whose mass reaches top_p of what is left."""
+    ordered, order = torch.sort(weights, descending=True, stable=True)
+    if top_k > 0:
+        ordered[top_k:] = 0.0
+    kept = (ordered.cumsum(0) - ordered) < top_p * ordered.sum() if top_p < 1.0 else torch.ones_like(ordered, dtype=torch.bool)
+    kept[0] = True
+    return torch.zeros_like(weights).scatter(0, order, torch.where(kept, ordered, 0.0))
+
+
+@pytest.mark.parametrize("vocab", [50, 3 * CUT_CANDIDATES + 5])
+def test_top_k_top_p_cut_keeps_a_stable_sorts_prefix(vocab: int) -> None:
+    gen = torch.Generator().manual_seed(vocab)
+    # Few distinct weights: ties at every cut.
+    weights = torch.randint(0, 6, (20, vocab), generator=gen).float()  # whole numbers: every sum exact
+    settings = [(k, p) for k in (-1, 1, 3, 40, vocab) for p in (1.0, 0.3, 0.5, 0.95)]
+    requests = [SimpleNamespace(params=SamplingParams(top_k=k, top_p=p)) for k, p in settings]
+    got = _cut_by_rank(weights.clone(), requests)
+    for row, (k, p) in enumerate(settings):
+        assert torch.equal(got[row], stable_sort_cut(weights[row], k, p)), (k, p)

@@ -1,9 +1,8 @@
 """Batched sampling: penalties, temperature, top-k / top-p / min-p, seeded draws, logprobs.
 
 One uniform number per row comes from the request's own generator and picks the token by inverse
-CDF over the row's filtered distribution (in token order, or in rank order after a top-k / top-p
-cut), so a seeded request draws the same tokens whatever else shares its batch. All other work runs
-on the whole [rows, vocab] tensor at once; only top-k / top-p rows are sorted.
+CDF (in token order) over the row's filtered distribution, so a seeded request draws the same tokens
+whatever else shares its batch. All other work runs on the whole [rows, vocab] tensor at once.
 """
 from __future__ import annotations
 
@@ -33,6 +32,8 @@ def _apply_penalties(logits: torch.Tensor, requests: list[Request]) -> None:
 # An inverse-CDF draw finds its block of this many tokens from the block totals, then its token from that
 # block's running sum: no running sum (nor float64 copy) of the whole [rows, vocab] distribution.
 CDF_BLOCK = 1024
+# top-k / top-p rank this many of a row's largest weights; a top-p prefix longer than that sorts the row.
+CUT_CANDIDATES = 1024
 
 
 def _weights(logits: torch.Tensor, requests: list[Request]) -> torch.Tensor:
@@ -49,22 +50,57 @@ def _weights(logits: torch.Tensor, requests: list[Request]) -> torch.Tensor:
     return weights
 
 
-def _cut_by_rank(weights: torch.Tensor, requests: list[Request]) -> tuple[torch.Tensor, torch.Tensor]:
-    """top-k / top-p: the weights sorted (largest first) with the cut ones zeroed, and each column's token id."""
+def _cut_by_rank(weights: torch.Tensor, requests: list[Request]) -> torch.Tensor:
+    """top-k / top-p in place: zero all but each row's first top_k tokens by weight, then all but the
+    shortest such prefix whose mass reaches top_p. Ranks are a stable sort's (equal weights in token order),
+    found from the row's largest weights rather than a sort of its whole vocabulary."""
+    vocab = weights.shape[1]
     device = weights.device
-    vocab = weights.shape[-1]
-    # A stable sort: bf16 logits tie often, and ties must fall in the same order whatever the batch.
-    sorted_weights, order = torch.sort(weights, dim=-1, descending=True, stable=True)
-    columns = torch.arange(vocab, device=device)
-    k_per_row = torch.tensor([r.params.top_k if r.params.top_k > 0 else vocab for r in requests], device=device)
-    sorted_weights.masked_fill_(columns[None, :] >= k_per_row[:, None], 0.0)
-    top_p = [r.params.top_p for r in requests]
-    if any(p < 1.0 for p in top_p):
-        top_p_t = torch.tensor(top_p, device=device)[:, None]
-        mass_before = torch.cumsum(sorted_weights, dim=-1) - sorted_weights
-        # Keep the smallest set of top tokens whose mass reaches top_p (always the first one).
-        sorted_weights.masked_fill_(mass_before >= top_p_t * sorted_weights.sum(-1, keepdim=True), 0.0)
-    return sorted_weights, order
+    top_k_list = [r.params.top_k if 0 < r.params.top_k < vocab else vocab for r in requests]
+    top_p_list = [r.params.top_p for r in requests]
+    top_k = torch.tensor(top_k_list, device=device)
+    top_p = torch.tensor(top_p_list, device=device)
+    cuts_mass = any(p < 1.0 for p in top_p_list)
+    # top-p weighs the mass that top-k kept: the whole row's where top-k is off.
+    totals = weights.sum(-1) if cuts_mass and vocab in top_k_list else None
+    # One more than top-k, so that a boundary tied with the weights after it shows.
+    largest_k = max((k for k in top_k_list if k < vocab), default=0)
+    candidates = min(vocab, max(CUT_CANDIDATES if cuts_mass else 1, largest_k + 1))
+    ranked = torch.topk(weights, candidates, dim=-1).values
+    keep = _kept_prefix(ranked, totals, top_k, top_p, vocab)
+    boundary, ties_kept, partial = _prefix_edge(ranked, keep)
+    spill = (keep == candidates).nonzero().flatten().tolist() if cuts_mass and candidates < vocab else []
+    if spill:  # these rows' top-p prefixes may run past the candidates: rank their whole vocabulary
+        ranked = torch.sort(weights[spill], dim=-1, descending=True).values
+        keep = _kept_prefix(ranked, None if totals is None else totals[spill], top_k[spill], top_p[spill], vocab)
+        boundary[spill], ties_kept[spill], partial[spill] = _prefix_edge(ranked, keep)
+    # The prefix is every token above its last weight and the first few (in token order) equal to it.
+    weights.masked_fill_(weights < boundary, 0.0)
+    if bool(partial.any()):
+        equal = weights == boundary
+        weights.masked_fill_(equal & (equal.cumsum(dim=-1) > ties_kept), 0.0)
+    return weights
+
+
+def _kept_prefix(ranked: torch.Tensor, totals: torch.Tensor | None, top_k: torch.Tensor, top_p: torch.Tensor,
+                 vocab: int) -> torch.Tensor:
+    """How many of each row's largest weights (`ranked`, descending) top-k and top-p keep (at least one)."""
+    running = ranked.cumsum(dim=-1)
+    k = top_k.clamp(max=ranked.shape[1])
+    total = running.gather(1, (k - 1)[:, None]).squeeze(1)
+    if totals is not None:
+        total = torch.where(top_k < vocab, total, totals)
+    within_p = ((running - ranked) < top_p[:, None] * total[:, None]).sum(-1)
+    return torch.minimum(k, torch.where(top_p < 1.0, within_p, k)).clamp_(min=1)
+
+
+def _prefix_edge(ranked: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row: the prefix's last weight, how many tokens of that weight it keeps, and whether that may be
+    fewer than there are (the ranked values may end before all of them)."""
+    boundary = ranked.gather(1, (keep - 1)[:, None])
+    ties_kept = keep[:, None] - (ranked > boundary).sum(-1, keepdim=True)
+    partial = (ties_kept < (ranked == boundary).sum(-1, keepdim=True)) | (ranked[:, -1:] == boundary)
+    return boundary, ties_kept, partial
 
 
 def _inverse_cdf(weights: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
@@ -102,15 +138,11 @@ def _draw(logits: torch.Tensor, requests: list[Request]) -> list[int]:
     weights = _weights(logits if len(subset) == len(requests) else logits[random_rows], subset)
     uniforms = torch.tensor([r.rng.random() for r in subset], dtype=torch.float64, device=logits.device)
     cut = [i for i, r in enumerate(subset) if r.params.top_k > 0 or r.params.top_p < 1.0]
-    if not cut:
-        picks = _inverse_cdf(weights, uniforms)
-    else:
-        picks = torch.empty(len(subset), dtype=torch.long, device=logits.device)
-        uncut = sorted(set(range(len(subset))) - set(cut))
-        if uncut:
-            picks[uncut] = _inverse_cdf(weights[uncut], uniforms[uncut])
-        sorted_weights, order = _cut_by_rank(weights[cut], [subset[i] for i in cut])
-        picks[cut] = order.gather(1, _inverse_cdf(sorted_weights, uniforms[cut])[:, None]).squeeze(1)
+    if len(cut) == len(subset):
+        _cut_by_rank(weights, subset)
+    elif cut:
+        weights[cut] = _cut_by_rank(weights[cut], [subset[i] for i in cut])
+    picks = _inverse_cdf(weights, uniforms)
     tokens[random_rows] = picks
     return tokens.tolist()
 
