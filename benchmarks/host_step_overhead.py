@@ -1,5 +1,6 @@
 """Host-side work of one decode step that does not shrink with a faster GPU: scheduling, the inputs of a
-CUDA-graph replay (page-table sync, token columns) and the engine's bookkeeping after the forward.
+CUDA-graph replay (page-table sync, token columns), the engine's bookkeeping after the forward, and
+pickling the step's message to the API process (and loading it there).
 Runs on CPU with the tiny preset, whose forward is cheap; prints milliseconds per step per batch size.
 
     python benchmarks/host_step_overhead.py [--batch-sizes 1 64 256] [--context 1024]
@@ -7,6 +8,7 @@ Runs on CPU with the tiny preset, whose forward is cheap; prints milliseconds pe
 from __future__ import annotations
 
 import argparse
+import pickle
 import statistics
 import tempfile
 import time
@@ -36,6 +38,7 @@ def main() -> None:
             while any(engine.request_state(i).num_output_tokens == 0 for i in ids):
                 engine.step()  # prefill
             inputs: list[float] = []
+            messages: list[float] = []
             engine.step_times.clear()
             engine.profile = True
             for _ in range(args.steps):
@@ -44,13 +47,17 @@ def main() -> None:
                 runner.page_tables.sync([seq.request for seq in scheduled])
                 runner.decode_inputs(scheduled)  # what a CUDA-graph replay takes
                 inputs.append(time.perf_counter() - started)
-                engine.step()
+                deltas = engine.step()
+                started = time.perf_counter()
+                pickle.loads(pickle.dumps(("outputs", deltas, engine.stats()), protocol=pickle.HIGHEST_PROTOCOL))
+                messages.append(time.perf_counter() - started)
             engine.profile = False
             steps = [t for t in engine.step_times if t.is_decode]
             schedule = statistics.median(t.schedule for t in steps) * 1e3
             rest = statistics.median(t.total - t.schedule - t.forward for t in steps) * 1e3
             print(f"batch {batch:4d}, {args.context}-token context: schedule {schedule:.3f} ms, runner inputs "
-                  f"{statistics.median(inputs) * 1e3:.3f} ms, after the forward {rest:.3f} ms", flush=True)
+                  f"{statistics.median(inputs) * 1e3:.3f} ms, after the forward {rest:.3f} ms, step message "
+                  f"{statistics.median(messages) * 1e3:.3f} ms", flush=True)
             for request_id in ids:
                 engine.abort(request_id)
 
