@@ -143,8 +143,7 @@ def _draw(logits: torch.Tensor, requests: list[Request]) -> list[int]:
         _cut_by_rank(weights, subset)
     elif cut:
         weights[cut] = _cut_by_rank(weights[cut], [subset[i] for i in cut])
-    picks = _inverse_cdf(weights, uniforms)
-    tokens[random_rows] = picks
+    tokens[random_rows] = _inverse_cdf(weights, uniforms)
     return tokens.tolist()
 
 
