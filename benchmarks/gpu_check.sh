@@ -4,7 +4,9 @@
 #   2. benchmarks/gpu_kernels.py: correctness at gpt-oss-20b shapes and triton-vs-torch timings;
 #   3. benchmarks/gpu_graph_check.py: greedy outputs with/without CUDA graphs, triton vs torch paths;
 #   4. benchmarks/gpu_serving.sh: the server + bench_serving on gpt-oss-20b shapes with dummy MXFP4
-#      weights: batch-1 decode, concurrency 64 and 256, fp8 KV + CUDA graphs, and the PyTorch path.
+#      weights: batch-1 decode, concurrency 64 and 256, fp8 KV + CUDA graphs, and the PyTorch path;
+#   5. the sampler against the textbook one, and the step-time growth of 64 grammar-constrained
+#      requests (raw and harmony), last, so that a short budget cuts these first.
 # Needs python3 with torch and triton (and oss-serve's Python dependencies for steps 3-4).
 # Results go to $OUT (the device tool's folder) or to $1.
 # Usage: bash benchmarks/gpu_check.sh [out_dir] [serving output length, default 512]
@@ -23,7 +25,8 @@ if python3 -c "import pytest" 2>/dev/null; then
     echo "== kernel tests on the GPU" | tee -a "$summary"
     timeout 90 python3 -m pytest -q -x -p no:cacheprovider -W ignore \
         tests/test_kernels_attention.py tests/test_kernels_moe.py tests/test_kernels_rms_norm.py \
-        tests/test_kernels_rope_store_kv.py tests/test_kernels_router_topk.py 2>&1 | tail -8 | tee -a "$summary"
+        tests/test_kernels_rope_store_kv.py tests/test_kernels_router_topk.py tests/test_kernels_token_mask.py \
+        2>&1 | tail -8 | tee -a "$summary"
 else
     echo "== pytest not installed: kernel test files skipped (gpu_kernels.py still checks correctness)" \
         | tee -a "$summary"
@@ -40,3 +43,10 @@ timeout 100 python3 benchmarks/gpu_graph_check.py 2>&1 | grep -E "identical|Erro
 
 echo "== serving" | tee -a "$summary"
 timeout 300 bash benchmarks/gpu_serving.sh "$out_dir" "$out_len" 2>&1 | tee -a "$summary"
+
+echo "== sampler and structured outputs" | tee -a "$summary"
+timeout 60 python3 benchmarks/sampling.py --rows 64 256 --repeats 2 2>&1 | tail -18 | tee -a "$summary"
+for mode in "" "--harmony"; do
+    timeout 90 python3 benchmarks/structured_overhead.py --preset mini --repeats 2 $mode 2>&1 \
+        | grep -E "device|harmony|step_ms|growth|fill|apply|Error" | tee -a "$summary"
+done
