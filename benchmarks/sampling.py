@@ -21,11 +21,19 @@ from oss_serve.engine.sampling_params import SamplingParams
 
 VOCAB = 201088
 SETTINGS = {"greedy": dict(temperature=0.0), "plain": dict(temperature=1.0), "min_p 0.05": dict(min_p=0.05),
-            "top_k 50": dict(top_k=50), "top_p 0.9": dict(top_p=0.9), "top_k 50 top_p 0.95": dict(top_k=50, top_p=0.95)}
+            "top_k 50": dict(top_k=50), "top_p 0.9": dict(top_p=0.9), "top_k 50 top_p 0.95": dict(top_k=50, top_p=0.95),
+            "logprobs, top 5": dict(logprobs=True, top_logprobs=5)}
 
 
 def textbook_sample(logits: torch.Tensor, requests: list) -> list[int]:
     params = requests[0].params
+    if params.logprobs:  # each row's logprob and top alternatives, row by row
+        logprobs = torch.log_softmax(logits, dim=-1)
+        tokens = textbook_sample(logits, [SimpleNamespace(params=SamplingParams(temperature=params.temperature),
+                                                          rng=r.rng) for r in requests])
+        for row, token in enumerate(tokens):
+            float(logprobs[row, token]), torch.topk(logprobs[row], params.top_logprobs)[0].tolist()
+        return tokens
     if params.temperature == 0:
         return torch.argmax(logits, dim=-1).tolist()
     probs = torch.softmax(logits / params.temperature, dim=-1)
@@ -70,7 +78,7 @@ def main() -> None:
         for shape, logits in shapes.items():
             logits = logits.to(args.device)
             for name, setting in SETTINGS.items():
-                if shape == "zipf" and name in ("greedy", "plain", "min_p 0.05"):
+                if shape == "zipf" and name in ("greedy", "plain", "min_p 0.05", "logprobs, top 5"):
                     continue  # no different from gaussian rows
                 params = SamplingParams(**{"temperature": 1.0, **setting})
                 requests = [SimpleNamespace(params=params, rng=random.Random(i), step_masks=None, token_ids=[],

@@ -150,25 +150,29 @@ def _draw(logits: torch.Tensor, requests: list[Request]) -> list[int]:
 def sample(logits: torch.Tensor, requests: list[Request]) -> tuple[list[int], list[TokenLogprob | None]]:
     """logits fp32 [rows, vocab], one row per request; returns the next token of each and, for
     requests that asked, its logprob (from the model's raw distribution) with the top alternatives."""
+    logprob_rows = [i for i, r in enumerate(requests) if r.params.logprobs]
     raw_logprobs = None
-    if any(r.params.logprobs for r in requests):
-        raw_logprobs = torch.log_softmax(logits, dim=-1)
+    if logprob_rows:  # before the masks and penalties below change the logits
+        raw_logprobs = torch.log_softmax(logits if len(logprob_rows) == len(requests) else logits[logprob_rows],
+                                         dim=-1)
     logits = apply_step_masks(logits, requests)  # grammar-constrained rows (logprobs stay the model's own)
     if any(r.params.repetition_penalty != 1.0 or r.params.frequency_penalty or r.params.presence_penalty
            for r in requests):
         logits = logits.clone()
         _apply_penalties(logits, requests)
-
     tokens = _draw(logits, requests)
-
     logprobs: list[TokenLogprob | None] = [None] * len(requests)
     if raw_logprobs is not None:
-        for row, request in enumerate(requests):
-            if not request.params.logprobs:
-                continue
-            top: tuple[tuple[int, float], ...] = ()
-            if request.params.top_logprobs:
-                values, ids = torch.topk(raw_logprobs[row], request.params.top_logprobs)
-                top = tuple(zip(ids.tolist(), values.tolist()))
-            logprobs[row] = TokenLogprob(tokens[row], float(raw_logprobs[row, tokens[row]]), top)
+        # Gathered for all rows at once: one transfer from a GPU, not one per row.
+        picked = raw_logprobs.gather(1, torch.tensor([[tokens[i]] for i in logprob_rows], device=logits.device))
+        picked = picked.squeeze(1).tolist()
+        most = max(requests[i].params.top_logprobs for i in logprob_rows)
+        top_values, top_ids = [], []
+        if most:
+            values, ids = torch.topk(raw_logprobs, most, dim=-1)
+            top_values, top_ids = values.tolist(), ids.tolist()
+        for j, row in enumerate(logprob_rows):
+            count = requests[row].params.top_logprobs
+            top = tuple(zip(top_ids[j][:count], top_values[j][:count])) if count else ()
+            logprobs[row] = TokenLogprob(tokens[row], picked[j], top)
     return tokens, logprobs
