@@ -47,6 +47,6 @@ timeout 300 bash benchmarks/gpu_serving.sh "$out_dir" "$out_len" 2>&1 | tee -a "
 echo "== sampler and structured outputs" | tee -a "$summary"
 timeout 60 python3 benchmarks/sampling.py --rows 64 256 --repeats 2 2>&1 | tail -18 | tee -a "$summary"
 for mode in "" "--harmony"; do
-    timeout 90 python3 benchmarks/structured_overhead.py --preset mini --repeats 2 $mode 2>&1 \
+    timeout 90 python3 benchmarks/structured_overhead.py --preset mini --mxfp4 --repeats 2 $mode 2>&1 \
         | grep -E "device|harmony|step_ms|growth|fill|apply|Error" | tee -a "$summary"
 done

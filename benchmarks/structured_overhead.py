@@ -1,7 +1,7 @@
 """Step time of 64 grammar-constrained requests against 64 unconstrained ones, same engine.
 
     python benchmarks/structured_overhead.py                     # tiny preset, CPU
-    python benchmarks/structured_overhead.py --preset mini --device cuda
+    python benchmarks/structured_overhead.py --preset mini --mxfp4 --device cuda   # CUDA graphs, as served
     python benchmarks/structured_overhead.py --model-path PATH --batch 64 --output-len 64
     python benchmarks/structured_overhead.py --harmony            # grammar on the final answer only
     python benchmarks/structured_overhead.py --bounded-strings 4000  # every string bounded: the slow case
@@ -90,6 +90,8 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=32)
     parser.add_argument("--output-len", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--mxfp4", action="store_true",
+                        help="MXFP4 experts: on a GPU the Triton MoE and CUDA graphs, as served")
     parser.add_argument("--bounded-strings", type=int, metavar="N",
                         help="every string gets maxLength N (the grammar library's slow case)")
     parser.add_argument("--harmony", action="store_true",
@@ -100,7 +102,8 @@ def main() -> None:
     if model_path is None:
         from oss_serve.testing.make_checkpoint import make_checkpoint
 
-        model_path = str(make_checkpoint(Path(tempfile.mkdtemp()) / args.preset, preset=args.preset, seed=0))
+        model_path = str(make_checkpoint(Path(tempfile.mkdtemp()) / args.preset, preset=args.preset,
+                                         mxfp4=args.mxfp4, seed=0))
     rng = random.Random(0)
     prompts = [[rng.randrange(1000, 100000) for _ in range(args.prompt_len)] for _ in range(args.batch)]
     total_tokens = args.batch * (args.prompt_len + args.output_len) + 1024
@@ -126,7 +129,7 @@ def main() -> None:
     report = {
         "device": (torch.cuda.get_device_name() if args.device.startswith("cuda")
                    else f"cpu ({torch.get_num_threads()} threads)"),
-        "model": Path(model_path).name, "batch": args.batch, "harmony": args.harmony,
+        "model": Path(model_path).name, "mxfp4": args.mxfp4, "batch": args.batch, "harmony": args.harmony,
         "bounded_strings": args.bounded_strings,
         "unconstrained_step_ms": round(free, 3), "constrained_step_ms": round(constrained, 3),
         "growth_percent": round(100 * (constrained / free - 1), 2),
