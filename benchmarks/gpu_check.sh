@@ -45,7 +45,7 @@ echo "== serving" | tee -a "$summary"
 timeout 300 bash benchmarks/gpu_serving.sh "$out_dir" "$out_len" 2>&1 | tee -a "$summary"
 
 echo "== sampler and structured outputs" | tee -a "$summary"
-timeout 45 python3 benchmarks/sampling.py --rows 256 --repeats 2 2>&1 | tail -9 | tee -a "$summary"
+timeout 45 python3 benchmarks/sampling.py --rows 256 --repeats 2 2>&1 | tail -10 | tee -a "$summary"
 for mode in "" "--harmony"; do
     timeout 60 python3 benchmarks/structured_overhead.py --preset mini --mxfp4 --repeats 1 $mode 2>&1 \
         | grep -E "device|harmony|step_ms|growth|fill|apply|Error" | tee -a "$summary"
