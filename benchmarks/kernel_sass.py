@@ -83,7 +83,8 @@ def resident_warps(kernel, types: dict[str, str], constants: dict[str, object], 
 
 def occupancy_report(grouped_types: dict[str, str]) -> None:
     """The grouped kernels' resources at decode-batch tiles (T=64: 16-row tiles, T=256: 32; k=4 of 32 experts)."""
-    kernels = (("gate_up", moe_mxfp4.mxfp4_gate_up_swiglu_kernel, {"TOP_K": 4}), ("down", moe_mxfp4.mxfp4_down_kernel, {}))
+    kernels = (("gate_up", moe_mxfp4.mxfp4_gate_up_swiglu_kernel, {"TOP_K": 4}),
+               ("down", moe_mxfp4.mxfp4_down_kernel, {}))
     for tiles in OCCUPANCY_TILES:
         cells = []
         for name, kernel, extra in kernels:

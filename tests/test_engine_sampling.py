@@ -203,7 +203,9 @@ def stable_sort_cut(weights: torch.Tensor, top_k: int, top_p: float) -> torch.Te
     ordered, order = torch.sort(weights, descending=True, stable=True)
     if top_k > 0:
         ordered[top_k:] = 0.0
-    kept = (ordered.cumsum(0) - ordered) < top_p * ordered.sum() if top_p < 1.0 else torch.ones_like(ordered, dtype=torch.bool)
+    kept = torch.ones_like(ordered, dtype=torch.bool)
+    if top_p < 1.0:
+        kept = (ordered.cumsum(0) - ordered) < top_p * ordered.sum()
     kept[0] = True
     return torch.zeros_like(weights).scatter(0, order, torch.where(kept, ordered, 0.0))
 
