@@ -6,14 +6,7 @@ import math
 import pytest
 import torch
 
-from oss_serve.kernels._interpreter_tests import (keep_only_launcher, kernels_runnable_here,
-                                                 run_file_under_interpreter)
-
-if not kernels_runnable_here():
-    def test_under_triton_interpreter() -> None:
-        run_file_under_interpreter(__file__)
-else:
-    from oss_serve.kernels.paged_attention import paged_attention, paged_attention_reference
+from oss_serve.kernels.paged_attention import paged_attention, paged_attention_reference
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 STALE_PAGE = 1 << 20  # an id far outside the cache: reading it would fault or return garbage
@@ -115,6 +108,3 @@ def test_empty_batches() -> None:
 def test_sequence_without_new_tokens_between_others() -> None:
     check(make_batch([3, 0, 2], [3, 7, 9], page_size=4, sliding_window=3))
 
-
-if not kernels_runnable_here():
-    keep_only_launcher(globals())

@@ -6,16 +6,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from oss_serve.kernels._interpreter_tests import (keep_only_launcher, kernels_runnable_here,
-                                                 run_file_under_interpreter)
-
-if not kernels_runnable_here():
-    def test_under_triton_interpreter() -> None:
-        run_file_under_interpreter(__file__)
-else:
-    from oss_serve.kernels.moe_mxfp4 import (DECODE_MAX_SLOTS, _group_slots_triton,
-                                             group_slots_by_expert, moe_mxfp4, moe_mxfp4_reference, select_path)
-    from oss_serve.kernels.moe_mxfp4_decode import DecodeTiles
+from oss_serve.kernels.moe_mxfp4 import (DECODE_MAX_SLOTS, _group_slots_triton,
+                                         group_slots_by_expert, moe_mxfp4, moe_mxfp4_reference, select_path)
+from oss_serve.kernels.moe_mxfp4_decode import DecodeTiles
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -187,6 +180,3 @@ def test_reference_matches_dense_torch_experts() -> None:
     torch.testing.assert_close(moe_mxfp4_reference(x, ids.cpu(), weights.cpu(), **experts),
                                dense(x, ids.cpu(), weights.cpu()), atol=1e-5, rtol=1e-5)
 
-
-if not kernels_runnable_here():
-    keep_only_launcher(globals())

@@ -4,14 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from oss_serve.kernels._interpreter_tests import (keep_only_launcher, kernels_runnable_here,
-                                                 run_file_under_interpreter)
-
-if not kernels_runnable_here():
-    def test_under_triton_interpreter() -> None:
-        run_file_under_interpreter(__file__)
-else:
-    from oss_serve.kernels.rms_norm import rms_norm, rms_norm_reference
+from oss_serve.kernels.rms_norm import rms_norm, rms_norm_reference
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -29,6 +22,3 @@ def test_matches_reference(num_rows: int, hidden: int, dtype: torch.dtype, tol: 
     torch.testing.assert_close(summed, expected_summed, atol=tol, rtol=tol)
     torch.testing.assert_close(normed, expected_normed, atol=tol, rtol=tol)
 
-
-if not kernels_runnable_here():
-    keep_only_launcher(globals())

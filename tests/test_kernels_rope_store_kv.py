@@ -4,14 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from oss_serve.kernels._interpreter_tests import (keep_only_launcher, kernels_runnable_here,
-                                                 run_file_under_interpreter)
-
-if not kernels_runnable_here():
-    def test_under_triton_interpreter() -> None:
-        run_file_under_interpreter(__file__)
-else:
-    from oss_serve.kernels.rope_store_kv import rope_store_kv, rope_store_kv_reference
+from oss_serve.kernels.rope_store_kv import rope_store_kv, rope_store_kv_reference
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 INTERPRETED = not torch.cuda.is_available()
@@ -50,6 +43,3 @@ def test_bf16_and_skipped_slots() -> None:
 def test_fp8_cache_saturates(cache_dtype: torch.dtype) -> None:
     run_both(6, torch.bfloat16, cache_dtype, [0, 5, 6, 11, -1, 19], scale=300.0)
 
-
-if not kernels_runnable_here():
-    keep_only_launcher(globals())

@@ -4,14 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from oss_serve.kernels._interpreter_tests import (keep_only_launcher, kernels_runnable_here,
-                                                 run_file_under_interpreter)
-
-if not kernels_runnable_here():
-    def test_under_triton_interpreter() -> None:
-        run_file_under_interpreter(__file__)
-else:
-    from oss_serve.kernels.router_topk import router_topk, router_topk_reference
+from oss_serve.kernels.router_topk import router_topk, router_topk_reference
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -61,6 +54,3 @@ def test_nan_logits_never_give_an_invalid_expert() -> None:
     assert 5 not in ids[0].tolist()
     assert ids[1].tolist() == [0, 1, 2, 3]
 
-
-if not kernels_runnable_here():
-    keep_only_launcher(globals())

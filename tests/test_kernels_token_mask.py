@@ -7,15 +7,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from oss_serve.kernels._interpreter_tests import (keep_only_launcher, kernels_runnable_here,
-                                                 run_file_under_interpreter)
-
-if not kernels_runnable_here():
-    def test_under_triton_interpreter() -> None:
-        run_file_under_interpreter(__file__)
-else:
-    from oss_serve.kernels.token_mask import mask_tokens_, mask_tokens_reference
-    from oss_serve.structured.step_masks import StepMasks
+from oss_serve.kernels.token_mask import mask_tokens_, mask_tokens_reference
+from oss_serve.structured.step_masks import StepMasks
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -69,6 +62,3 @@ def test_step_masks_apply_packed_bits() -> None:
     assert got[1].argmax() == 5 and torch.isneginf(got[1]).sum() == vocab - 1
     assert torch.isneginf(got[3, [7, 9]]).all() and torch.isfinite(got[3]).sum() == vocab - 2
 
-
-if not kernels_runnable_here():
-    keep_only_launcher(globals())

@@ -1,7 +1,8 @@
 """Runs a kernel test file again in a fresh process under TRITON_INTERPRET=1.
 
 The variable must be set before triton is imported, and an out-of-bounds access in the interpreter
-can kill the process, so CPU runs of the kernel tests always happen in a child pytest.
+can kill the process, so CPU runs of the kernel tests always happen in a child pytest (tests/conftest.py
+collects each `test_kernels_*.py` as one item that does so).
 """
 from __future__ import annotations
 
@@ -26,12 +27,3 @@ def run_file_under_interpreter(test_file: str, timeout_s: float = 600) -> None:
     if result.returncode != 0:
         raise AssertionError(f"kernel tests under TRITON_INTERPRET=1 failed (exit {result.returncode}):\n"
                              f"{result.stdout[-8000:]}\n{result.stderr[-4000:]}")
-
-
-LAUNCHER_TEST = "test_under_triton_interpreter"
-
-
-def keep_only_launcher(namespace: dict) -> None:
-    """Called at the end of a kernel test module in the parent process: its real tests run in the child."""
-    for name in [name for name in namespace if name.startswith("test_") and name != LAUNCHER_TEST]:
-        del namespace[name]
