@@ -5,7 +5,7 @@ request's next-token rule is already known (it depends only on tokens taken so f
 grammar masks are filled in parallel by llguidance's thread pool (which drops the GIL) while the
 model computes the logits. The sampler then waits for the masks (usually long done) and applies
 them in place to the rows that need them: on a GPU one kernel reads the packed bits, on CPU the
-worker has unpacked them.
+worker has unpacked them into bytes that the sampler adds, times the lowest float, to the logits.
 """
 from __future__ import annotations
 
@@ -44,12 +44,12 @@ class StepMasks:
     grammar_rows: dict[int, int] = field(default_factory=dict)  # id(request) -> row in the bitmask
     forced: dict[int, int] = field(default_factory=dict)  # id(request) -> the only allowed token
     banned: dict[int, tuple[int, ...]] = field(default_factory=dict)  # id(request) -> disallowed tokens
-    # Grammar rows' disallowed tokens: packed int32 bits on the way to a GPU, unpacked bools on CPU.
+    # Grammar rows' disallowed tokens: packed int32 bits on the way to a GPU, unpacked 0/1 bytes on CPU.
     disallowed: Future[torch.Tensor] | None = None
 
     def apply(self, logits: torch.Tensor, requests: Sequence[Request]) -> torch.Tensor:
-        """Set every disallowed token of these requests to -inf, in place (the sampler owns the
-        step's logits; the raw logprobs were taken before)."""
+        """Set every disallowed token of these requests to -inf (grammar rows on CPU: the lowest float), in
+        place (the sampler owns the step's logits; the raw logprobs were taken before)."""
         grammar_rows, mask_rows, forced_rows, forced_tokens, banned_rows, banned_tokens = [], [], [], [], [], []
         for row, request in enumerate(requests):
             key = id(request)
@@ -66,9 +66,12 @@ class StepMasks:
         if grammar_rows:
             assert self.disallowed is not None
             disallowed = self.disallowed.result()
-            if disallowed.dtype == torch.bool:  # unpacked by the worker (CPU): row by row, in place, no copies
+            if disallowed.dtype == torch.uint8:  # unpacked by the worker (CPU)
+                # Adding the 0/1 bytes times the lowest float takes half the time of a masked fill with them
+                # as bools; row by row, since the same add over the whole batch is several times slower.
+                lowest = torch.finfo(logits.dtype).min
                 for row, mask_row in zip(grammar_rows, mask_rows):
-                    logits[row].masked_fill_(disallowed[mask_row], float("-inf"))
+                    logits[row].add_(disallowed[mask_row], alpha=lowest)
             else:
                 mask_tokens_(logits, disallowed.to(device, non_blocking=True), grammar_rows, mask_rows)
         if forced_rows:
@@ -167,8 +170,8 @@ class StructuredDecoding:
             bitmask[row, word] |= np.int32(1 << bit) if bit < 31 else np.int32(-(1 << 31))
         np.invert(bitmask, out=bitmask)  # the masks name the disallowed tokens
         if self._device.type == "cpu":  # unpack here, off the critical path
-            unpacked = np.unpackbits(bitmask.view(np.uint8), axis=1, count=self.vocab_size, bitorder="little")
-            return torch.from_numpy(unpacked).view(torch.bool)
+            return torch.from_numpy(np.unpackbits(bitmask.view(np.uint8), axis=1, count=self.vocab_size,
+                                                  bitorder="little"))
         return packed
 
 
