@@ -1,8 +1,9 @@
 """Where a decode step's time goes, on gpt-oss-20b shapes with dummy MXFP4 weights and fp8 KV.
 
 For each batch size: the engine's median step time and its forward (prepare + graph replay + sampling)
-over a run of 1024-token prompts, the GPU time of one replay of that batch's CUDA graph alone, and an
-eager step under the profiler (kernels per step, top kernels by GPU time).
+over a run of 1024-token prompts, the GPU time of one replay of that batch's CUDA graph alone, the wall
+time of a full-batch decode step with the overlapped schedule against the plain one, and an eager step
+under the profiler (kernels per step, top kernels by GPU time).
 
     python benchmarks/gpu_profile_decode.py --model-path DIR   (a --config-only folder of make_checkpoint)
 """
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import time
+from typing import Callable
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -33,6 +36,31 @@ def graph_replay_ms(llm: LLM, batch: int, repeats: int = 50) -> float | None:
     end.record()
     torch.cuda.synchronize()
     return start.elapsed_time(end) / repeats
+
+
+def decode_step_ms(llm: LLM, prompts: list[list[int]], steps: int, overlap: bool, sync: Callable[[], None]) -> float:
+    """Wall time per engine step while every sequence decodes (not profiling: profiling waits each step)."""
+    engine = llm.engine
+    engine.overlap = overlap
+    engine.flush_cache()
+    ids = [f"timed-{overlap}-{i}" for i in range(len(prompts))]
+    for request_id, prompt in zip(ids, prompts):
+        engine.add_request(request_id, prompt, SamplingParams(temperature=0, max_new_tokens=None, ignore_eos=True))
+    while any(engine.request_state(i).num_output_tokens == 0 for i in ids):
+        engine.step()  # prefill
+    for _ in range(4):
+        engine.step()
+    sync()
+    started = time.perf_counter()
+    for _ in range(steps):
+        engine.step()
+    sync()
+    elapsed = time.perf_counter() - started
+    for request_id in ids:
+        engine.abort(request_id)
+    while engine.has_work:
+        engine.step()
+    return elapsed / steps * 1e3
 
 
 def main() -> None:
@@ -70,6 +98,11 @@ def main() -> None:
         print(f"== batch {batch} ({len(decode)} full-batch decode steps): engine step {step_ms:.3f} ms (schedule "
               f"{schedule_ms:.3f}, forward+sample {forward_ms:.3f}, rest {step_ms - schedule_ms - forward_ms:.3f}), "
               f"graph replay alone {replay_text}, {batch / step_ms * 1e3:.0f} output tok/s", flush=True)
+        default_overlap = engine.overlap
+        plain, overlapped = (decode_step_ms(llm, prompts, args.steps, overlap, sync) for overlap in (False, True))
+        engine.overlap = default_overlap
+        print(f"   decode step wall time: plain schedule {plain:.3f} ms, overlapped {overlapped:.3f} ms "
+              f"({plain / overlapped:.2f}x; {batch / overlapped * 1e3:.0f} output tok/s)", flush=True)
 
         graphs, engine.runner.graphs = engine.runner.graphs, None  # eager, so the profiler sees each kernel
         engine.flush_cache()

@@ -83,7 +83,7 @@ def main() -> None:
                 params = SamplingParams(**{"temperature": 1.0, **setting})
                 requests = [SimpleNamespace(params=params, rng=random.Random(i), step_masks=None, token_ids=[],
                                             output_counts=None) for i in range(rows)]
-                ours = median_ms(sample, logits, requests, args.repeats)
+                ours = median_ms(lambda rows, reqs: sample(rows, reqs).resolve(), logits, requests, args.repeats)
                 textbook = median_ms(textbook_sample, logits, requests, args.repeats)
                 print(f"{rows:3d} rows, {shape:8s} {name:20s}: {ours:8.1f} ms, textbook {textbook:8.1f} ms, "
                       f"{textbook / ours:5.1f}x", flush=True)

@@ -52,6 +52,8 @@ class ServerArgs:
     stream_interval: int = arg(1, "Stream every N generated tokens.")
     cuda_graph_max_bs: int | None = arg(None, "Largest decode batch captured in a CUDA graph.")
     disable_cuda_graph: bool = arg(False, "Run decode steps eagerly.")
+    disable_overlap_schedule: bool = arg(False, "On a GPU, schedule each step only after the previous one ended "
+                                                "(by default the next step is prepared while the GPU runs one).")
     attention_backend: str = arg("auto", "Attention kernels.", choices=("auto", "torch", "triton"))
     moe_backend: str = arg("auto", "Mixture-of-experts kernels.", choices=("auto", "torch", "triton"))
     max_queued_requests: int | None = arg(None, "Requests waiting beyond this get HTTP 503 with Retry-After.")

@@ -19,7 +19,7 @@ def _request(name: str, row: int) -> Request:
 
 def _expect(mirror: PageTableMirror, requests: list[Request]) -> None:
     width = max(len(r.full_pages) for r in requests)
-    full, sliding = mirror.gather(torch.tensor([r.table_row for r in requests]), width)
+    full, sliding = mirror.gather([r.table_row for r in requests], width)
     for i, request in enumerate(requests):
         assert full[i, :len(request.full_pages)].tolist() == request.full_pages
         # Sliding pages released after they were mirrored may read stale; new NO_PAGE entries read 0.

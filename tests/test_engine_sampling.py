@@ -179,7 +179,7 @@ def test_draws_follow_the_filtered_distribution(params: dict) -> None:
     logits[likely] = torch.tensor([1.0, 2.0, 0.5, 1.5, 1.2])
     logits[likely[0] + 1] = -1.0  # below min-p 0.1 at temperature 0.7; outside top-5 and top-p 0.8
     requests = fake_requests(draws, **params)
-    tokens, _ = sample(logits.expand(draws, -1).clone(), requests)
+    tokens, _ = sample(logits.expand(draws, -1).clone(), requests).resolve()
     # The reference: softmax at the temperature, the filter, renormalized.
     probs = torch.softmax(logits.double() / params["temperature"], dim=-1)
     keep = probs >= params.get("min_p", 0.0) * probs.max()

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import torch
 
 from oss_serve.attention.paged import PagedAttentionBackend, PagedBatch, PagedKVCache
 from oss_serve.engine.page_table import PageTableMirror
+
+if TYPE_CHECKING:
+    from oss_serve.engine.model_runner import PendingInputs
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +39,9 @@ class DecodeGraphs:
         ps = cache.page_size
         self.padding = torch.tensor([0, 0, cache.full_scratch_page * ps, cache.sliding_scratch_page * ps, 0])
         self.inputs = self.padding[:, None].repeat(1, n).to(device)
-        # Pinned, so the copy is one DMA; rewriting it is safe: each step's sampling syncs before the next.
+        # Pinned, so the copy is one DMA; rewritten once `staged` says the last copy out of it is done.
         self.staging = self.padding[:, None].repeat(1, n).pin_memory()
+        self.staged = torch.cuda.Event()
         self.cu_q_lens = torch.arange(n + 1, dtype=torch.int32, device=device)
         self.backend = PagedAttentionBackend(cache)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
@@ -75,14 +80,18 @@ class DecodeGraphs:
     def fits(self, num_seqs: int) -> bool:
         return num_seqs <= self.max_batch_size
 
-    def replay(self, inputs: torch.Tensor) -> torch.Tensor:
+    def replay(self, inputs: torch.Tensor, pending: PendingInputs | None = None) -> torch.Tensor:
         """inputs: int64 [5, n] host rows (token, position, full slot, sliding slot, page-table row) of `n`
-        one-token sequences whose pages the mirror holds. Returns logits [n, vocab]: a view of a static buffer,
-        to be read before the next replay."""
+        one-token sequences whose pages the mirror holds; `pending` fills in tokens still on the device.
+        Returns logits [n, vocab]: a view of a static buffer, to be read (queued) before the next replay."""
         n = inputs.shape[1]
         bs = next(s for s in self.sizes if s >= n)
+        self.staged.synchronize()  # with the overlapped schedule the last step's copy may still be queued
         self.staging[:, :n] = inputs
         self.staging[:, n:bs] = self.padding[:, None]
         self.inputs.copy_(self.staging, non_blocking=True)  # whole (contiguous): at most a few KiB
+        self.staged.record()
+        if pending is not None:
+            pending.fill(self.inputs[0])
         self.graphs[bs].replay()
         return self.logits[bs][:n]

@@ -16,11 +16,12 @@ from pathlib import Path
 import torch
 
 from oss_serve.attention.paged import PagedKVCache
-from oss_serve.engine.model_runner import ModelRunner
+from oss_serve.engine.model_runner import ModelRunner, PendingInputs
 from oss_serve.engine.outputs import TokenLogprob
-from oss_serve.engine.request import Request, RequestDelta, Status
+from oss_serve.engine.request import PENDING_TOKEN, Request, RequestDelta, Status
+from oss_serve.engine.sampler import SampledTokens
 from oss_serve.engine.sampling_params import SamplingParams
-from oss_serve.engine.scheduler import Scheduler, SchedulerConfig
+from oss_serve.engine.scheduler import ScheduledSeq, Scheduler, SchedulerConfig
 from oss_serve.server_args import ServerArgs
 from oss_serve.structured.step_masks import StructuredDecoding
 
@@ -77,13 +78,28 @@ class StepTiming:
     """One step's wall times in seconds (recorded while `EngineCore.profile` is on)."""
     total: float
     schedule: float
-    forward: float  # the runner: inputs, forward, sampling (ends with the device sync)
+    forward: float  # the runner: inputs, forward, sampling (ends with the device sync; no overlap meanwhile)
     num_seqs: int
     num_tokens: int
 
     @property
     def is_decode(self) -> bool:
         return self.num_tokens == self.num_seqs
+
+
+@dataclass(frozen=True)
+class InFlightStep:
+    """A queued step whose draws the host has not read yet: row i of `sampled` is `requests[i]`'s token."""
+    requests: list[Request]
+    sampled: SampledTokens
+
+
+def needs_host_tokens(request: Request) -> bool:
+    """Whether sampling this request's next token reads its previous tokens on the host (grammar masks,
+    penalties), so that the step drawing them must be read before the next one is scheduled."""
+    params = request.params
+    return (request.constraint is not None or params.repetition_penalty != 1.0 or bool(params.frequency_penalty)
+            or bool(params.presence_penalty))
 
 
 @dataclass(frozen=True)
@@ -205,6 +221,11 @@ class EngineCore:
             graphable = False
         if self.device.type == "cuda" and not args.disable_cuda_graph and graphable:
             self.runner.enable_cuda_graphs(min(args.cuda_graph_max_bs or DEFAULT_CUDA_GRAPH_MAX_BS, max_running))
+        # Schedule step N+1 while the device runs step N. Not on CPU, where the forward holds the host (it
+        # would only delay each token by a step), nor yet under tensor parallelism, whose worker ranks take
+        # their inputs from the host.
+        self.overlap = self.device.type == "cuda" and self.tp is None and not args.disable_overlap_schedule
+        self._in_flight: InFlightStep | None = None
         logger.info("KV cache: %d tokens per full-attention layer, %d per sliding-window layer, page size %d, %s; "
                     "context length %d", num_full_pages * ps, num_sliding_pages * ps, ps,
                     str(kv_dtype).removeprefix("torch."), self.context_length)
@@ -267,12 +288,14 @@ class EngineCore:
         if request is None:
             return None
         self.scheduler.remove(request)
+        if request.awaits_token:  # drawn by a step still in flight: dropped with the request
+            request.token_ids.pop()
         request.finish_reason = "abort"
         return self._delta(request, finished=True)
 
     @property
     def has_work(self) -> bool:
-        return self.scheduler.has_work
+        return self.scheduler.has_work or self._in_flight is not None
 
     def flush_cache(self) -> bool:
         """Drop every prefix-cached page; refused (False) while requests run, as SGLang does."""
@@ -289,35 +312,77 @@ class EngineCore:
 
     # ---- the step ----------------------------------------------------------------------------
     def step(self) -> list[RequestDelta]:
+        """Schedule and queue a step, then read what the previous one drew (overlapped schedule) or this one."""
         started = time.perf_counter()
+        deltas: list[RequestDelta] = []
+        previous, self._in_flight = self._in_flight, None
+        if previous is not None and any(needs_host_tokens(r) for r in previous.requests):
+            deltas += self._read(previous)
+            previous = None
         batch = self.scheduler.schedule()
         scheduled = time.perf_counter()
-        deltas: list[RequestDelta] = []
+        sampled = None
+        if batch:
+            sample_rows = [i for i, seq in enumerate(batch)
+                           if seq.request.num_computed + seq.num_new_tokens == len(seq.request.token_ids)]
+            sampled_requests = [batch[i].request for i in sample_rows]
+            # Grammar masks are filled on a worker thread while the forward runs; the sampler applies them.
+            self.structured.begin_step(sampled_requests)
+            sampled = self.runner.step(batch, sample_rows, self._pending_inputs(batch, previous))
+            if self.profile and sampled is not None:
+                sampled.wait()  # the device's time counts as the forward's (no overlap while profiling)
+        forward_time = time.perf_counter() - scheduled
+        if previous is not None:  # read while the device runs the step just queued
+            deltas += self._read(previous)
         for request in self.scheduler.unservable:
             # Alone and still out of pages: the sequence is longer than the whole KV pool.
-            deltas.append(self._finish(request, "length", None))
-        if not batch:
-            return deltas
-        sample_rows = [i for i, seq in enumerate(batch)
-                       if seq.request.num_computed + seq.num_new_tokens == len(seq.request.token_ids)]
-        # Grammar masks are filled on a worker thread while the forward runs; the sampler applies them.
-        self.structured.begin_step([batch[i].request for i in sample_rows])
-        forward_started = time.perf_counter()
-        tokens, logprobs = self.runner.step(batch, sample_rows)
-        forward_time = time.perf_counter() - forward_started
-        self.scheduler.after_forward(batch)
-        for row, token, logprob in zip(sample_rows, tokens, logprobs):
-            delta = self._append_token(batch[row].request, token, logprob)
+            if request.status is not Status.FINISHED:  # (it may have stopped on the token just read)
+                deltas.append(self._finish(request, "length", None))
+        if batch:
+            self.scheduler.after_forward([seq for seq in batch if seq.request.status is Status.RUNNING])
+            if sampled is not None:
+                for request in sampled_requests:
+                    if request.status is not Status.FINISHED:
+                        request.token_ids.append(PENDING_TOKEN)
+                self._in_flight = InFlightStep(sampled_requests, sampled)
+                if not self.overlap:
+                    deltas += self._read(self._in_flight)
+                    self._in_flight = None
+            if self.profile:
+                self.step_times.append(StepTiming(time.perf_counter() - started, scheduled - started, forward_time,
+                                                  len(batch), sum(seq.num_new_tokens for seq in batch)))
+        return deltas
+
+    @staticmethod
+    def _pending_inputs(batch: list[ScheduledSeq], previous: InFlightStep | None) -> PendingInputs | None:
+        """Where this step's inputs still on the device are: decode rows whose last token `previous` drew."""
+        if previous is None:
+            return None
+        source_of = {id(request): i for i, request in enumerate(previous.requests)}
+        rows, sources = [], []
+        offset = 0  # of the sequence's first new token among the step's input ids
+        for seq in batch:
+            if seq.request.awaits_token:
+                rows.append(offset)
+                sources.append(source_of[id(seq.request)])
+            offset += seq.num_new_tokens
+        return PendingInputs(rows, sources, previous.sampled.tokens) if rows else None
+
+    def _read(self, step: InFlightStep) -> list[RequestDelta]:
+        """Take a step's draws (waiting for the device): each token, stop checks, finished requests."""
+        tokens, logprobs = step.sampled.resolve()
+        deltas = []
+        for request, token, logprob in zip(step.requests, tokens, logprobs):
+            if request.status is Status.FINISHED:  # aborted or ended while its draw was in flight
+                continue
+            delta = self._append_token(request, token, logprob)
             if delta is not None:
                 deltas.append(delta)
-        if self.profile:
-            self.step_times.append(StepTiming(time.perf_counter() - started, scheduled - started, forward_time,
-                                              len(batch), sum(seq.num_new_tokens for seq in batch)))
         return deltas
 
     def _append_token(self, request: Request, token: int, logprob: TokenLogprob | None) -> RequestDelta | None:
         params = request.params
-        request.token_ids.append(token)
+        request.token_ids[-1] = token  # was PENDING_TOKEN
         request.pending_ids.append(token)
         if request.constraint is not None:
             request.constraint.advance(token)

@@ -1,14 +1,30 @@
 """Runs one scheduled step on the model: packs the batch, lays out the paged cache, samples."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from oss_serve.attention.paged import BatchLayout, PagedAttentionBackend, PagedBatch, PagedKVCache
-from oss_serve.engine.outputs import TokenLogprob
+from oss_serve.engine.async_copy import to_device
 from oss_serve.engine.page_table import PageTableMirror
 from oss_serve.engine.request import Request
-from oss_serve.engine.sampler import sample
+from oss_serve.engine.sampler import SampledTokens, sample
 from oss_serve.engine.scheduler import ScheduledSeq
+
+
+@dataclass(frozen=True)
+class PendingInputs:
+    """Input tokens that the previous step drew and the host has not read yet (overlapped schedule):
+    entries `rows` of this step's input ids are entries `sources` of the previous step's tokens."""
+    rows: list[int]
+    sources: list[int]
+    tokens: torch.Tensor
+
+    def fill(self, input_ids: torch.Tensor) -> None:
+        """On the device, queued behind the previous step's sampling."""
+        device = input_ids.device
+        input_ids[to_device(self.rows, torch.int64, device)] = self.tokens[to_device(self.sources, torch.int64, device)]
 
 
 class ModelRunner:
@@ -59,7 +75,7 @@ class ModelRunner:
         q_lens = [seq.num_new_tokens for seq in batch]
         seq_lens = [seq.request.num_computed + seq.num_new_tokens for seq in batch]
         full_table, sliding_table = self.page_tables.gather(
-            torch.tensor([seq.request.table_row for seq in batch]), max(-(-n // self.page_size) for n in seq_lens))
+            [seq.request.table_row for seq in batch], max(-(-n // self.page_size) for n in seq_lens))
         cu = [0]
         for n in q_lens:
             cu.append(cu[-1] + n)
@@ -78,10 +94,11 @@ class ModelRunner:
         device = self.device
         if device.type == "cpu":
             return input_ids, positions, paged
-        moved = PagedBatch(paged.cu_q_lens.to(device), paged.seq_lens.to(device), paged.full_page_table,
-                           paged.sliding_page_table, paged.full_slots.to(device), paged.sliding_slots.to(device),
-                           paged.layout)
-        return input_ids.to(device), positions.to(device), moved
+        moved = PagedBatch(to_device(paged.cu_q_lens, torch.int32, device), to_device(paged.seq_lens, torch.int32, device),
+                           paged.full_page_table, paged.sliding_page_table,
+                           to_device(paged.full_slots, torch.int64, device),
+                           to_device(paged.sliding_slots, torch.int64, device), paged.layout)
+        return to_device(input_ids, torch.int64, device), to_device(positions, torch.int64, device), moved
 
     def enable_cuda_graphs(self, max_batch_size: int) -> None:
         from oss_serve.engine.cuda_graph import DecodeGraphs
@@ -89,23 +106,25 @@ class ModelRunner:
         self.graphs = DecodeGraphs(self.model, self.cache, self.page_tables, max_batch_size, self.device)
 
     @torch.inference_mode()
-    def step(self, batch: list[ScheduledSeq], sample_rows: list[int]
-             ) -> tuple[list[int], list[TokenLogprob | None]]:
-        """Run the batch; sample the next token for the batch entries listed in `sample_rows`
-        (those whose step computes their last known token)."""
+    def step(self, batch: list[ScheduledSeq], sample_rows: list[int], pending: PendingInputs | None = None
+             ) -> SampledTokens | None:
+        """Queue the batch and the sampling of the next token for the batch entries listed in `sample_rows`
+        (those whose step computes their last known token); None if there are none."""
         self.page_tables.sync([seq.request for seq in batch])
         all_decode = all(seq.num_new_tokens == 1 for seq in batch)
         if self.graphs is not None and all_decode and self.graphs.fits(len(batch)):
-            logits = self.graphs.replay(self.decode_inputs(batch))
+            logits = self.graphs.replay(self.decode_inputs(batch), pending)
             if len(sample_rows) < len(batch):  # else every row: no copy of [batch, vocab] floats
-                logits = logits[sample_rows]
+                logits = logits[to_device(sample_rows, torch.int64, self.device)]
         else:
             input_ids, positions, paged = self._to_device(*self._prepare(batch))
+            if pending is not None:
+                pending.fill(input_ids)
             self.backend.prepare(paged)
             hidden = self.model.forward(input_ids, positions, self.backend)
             if not sample_rows:
-                return [], []  # a step of prefill chunks only: no logits needed
+                return None  # a step of prefill chunks only: no logits needed
             last_token_rows = [paged.layout.q_starts[i] + paged.layout.q_lens[i] - 1 for i in sample_rows]
-            logits = self.model.compute_logits(hidden[last_token_rows])
+            logits = self.model.compute_logits(hidden[to_device(last_token_rows, torch.int64, self.device)])
         requests: list[Request] = [batch[i].request for i in sample_rows]
         return sample(logits, requests)

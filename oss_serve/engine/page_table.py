@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from oss_serve.engine.async_copy import to_device
 from oss_serve.engine.radix_cache import NO_PAGE
 from oss_serve.engine.request import Request
 
@@ -55,10 +56,10 @@ class PageTableMirror:
             mirrored.num_full, mirrored.num_sliding = len(full), len(sliding)
         for table, updates in ((self.full, full_updates), (self.sliding, sliding_updates)):
             if updates:
-                triples = torch.tensor(updates, dtype=torch.int64).view(-1, 3).to(table.device, non_blocking=True)
+                triples = to_device(updates, torch.int64, table.device).view(-1, 3)
                 table[triples[:, 0], triples[:, 1]] = triples[:, 2].to(torch.int32)
 
-    def gather(self, rows: torch.Tensor, num_pages: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def gather(self, rows: list[int], num_pages: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The full and sliding page tables [len(rows), num_pages] of these rows (device tensors)."""
-        rows = rows.to(self.full.device, non_blocking=True)
-        return self.full[rows, :num_pages], self.sliding[rows, :num_pages]
+        index = to_device(rows, torch.int64, self.full.device)
+        return self.full[index, :num_pages], self.sliding[index, :num_pages]

@@ -15,6 +15,11 @@ if TYPE_CHECKING:
     from oss_serve.structured.step_masks import StepMasks
 
 
+# The last entry of `Request.token_ids` while the step that draws it is still on the device (overlapped
+# schedule): the next step's input is taken from the device, and the host fills the id in afterwards.
+PENDING_TOKEN = -1
+
+
 class Status(Enum):
     WAITING = "waiting"
     RUNNING = "running"
@@ -63,6 +68,10 @@ class Request:
     @property
     def output_ids(self) -> list[int]:
         return self.token_ids[len(self.prompt_ids):]
+
+    @property
+    def awaits_token(self) -> bool:
+        return self.token_ids[-1] == PENDING_TOKEN
 
     @property
     def is_prefilling(self) -> bool:

@@ -3,14 +3,58 @@
 One uniform number per row comes from the request's own generator and picks the token by inverse
 CDF (in token order) over the row's filtered distribution, so a seeded request draws the same tokens
 whatever else shares its batch. All other work runs on the whole [rows, vocab] tensor at once.
+Sampling only queues device work: the draws come back as `SampledTokens`, read when the engine
+needs them (with the overlapped schedule, after it has queued the next step).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from oss_serve.engine.async_copy import to_device
 from oss_serve.engine.outputs import TokenLogprob
 from oss_serve.engine.request import Request
 from oss_serve.structured.step_masks import apply_step_masks
+
+
+@dataclass
+class SampledTokens:
+    """One step's draws, row by row. `tokens` stays on the device, where the next step may take its
+    inputs from it; the host copies are started when sampling is queued and read by `resolve`."""
+    tokens: torch.Tensor  # int64 [rows]
+    _host_tokens: torch.Tensor
+    _logprob_rows: list[int]  # rows whose requests asked for logprobs
+    _top_counts: list[int]  # alternatives each of those asked for
+    _host_logprobs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # picked, top values, top ids
+    _copied: torch.cuda.Event | None
+
+    @classmethod
+    def start_copy(cls, tokens: torch.Tensor, logprob_rows: list[int], top_counts: list[int],
+                   logprobs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None) -> SampledTokens:
+        # non_blocking to the CPU lands in page-locked memory: the copies run behind the sampling.
+        host = [t.to("cpu", non_blocking=True) for t in (tokens, *(logprobs or ()))]
+        copied = None
+        if tokens.is_cuda:
+            copied = torch.cuda.Event()
+            copied.record()
+        return cls(tokens, host[0], logprob_rows, top_counts, tuple(host[1:]) if logprobs else None, copied)
+
+    def wait(self) -> None:
+        if self._copied is not None:
+            self._copied.synchronize()
+
+    def resolve(self) -> tuple[list[int], list[TokenLogprob | None]]:
+        """The token of each row and, for rows that asked, its logprob with the top alternatives."""
+        self.wait()
+        tokens = self._host_tokens.tolist()
+        logprobs: list[TokenLogprob | None] = [None] * len(tokens)
+        if self._host_logprobs is not None:
+            picked, top_values, top_ids = (t.tolist() for t in self._host_logprobs)
+            for j, (row, count) in enumerate(zip(self._logprob_rows, self._top_counts)):
+                top = tuple(zip(top_ids[j][:count], top_values[j][:count])) if count else ()
+                logprobs[row] = TokenLogprob(tokens[row], picked[j], top)
+        return tokens, logprobs
 
 
 def _apply_penalties(logits: torch.Tensor, requests: list[Request]) -> None:
@@ -42,11 +86,11 @@ def _weights(logits: torch.Tensor, requests: list[Request]) -> torch.Tensor:
     device = logits.device
     temperature = [r.params.temperature for r in requests]
     if any(t != 1.0 for t in temperature):
-        logits = logits / torch.tensor(temperature, dtype=torch.float32, device=device)[:, None]
+        logits = logits / to_device(temperature, torch.float32, device)[:, None]
     weights = torch.softmax(logits, dim=-1)
     min_p = [r.params.min_p for r in requests]
     if any(min_p):
-        threshold = torch.tensor(min_p, device=device)[:, None] * weights.amax(dim=-1, keepdim=True)
+        threshold = to_device(min_p, torch.float32, device)[:, None] * weights.amax(dim=-1, keepdim=True)
         weights.masked_fill_(weights < threshold, 0.0)
     return weights
 
@@ -59,8 +103,8 @@ def _cut_by_rank(weights: torch.Tensor, requests: list[Request]) -> torch.Tensor
     device = weights.device
     top_k_list = [r.params.top_k if 0 < r.params.top_k < vocab else vocab for r in requests]
     top_p_list = [r.params.top_p for r in requests]
-    top_k = torch.tensor(top_k_list, device=device)
-    top_p = torch.tensor(top_p_list, device=device)
+    top_k = to_device(top_k_list, torch.int64, device)
+    top_p = to_device(top_p_list, torch.float32, device)
     cuts_mass = any(p < 1.0 for p in top_p_list)
     # top-p weighs the mass that top-k kept: the whole row's where top-k is off.
     totals = weights.sum(-1) if cuts_mass and vocab in top_k_list else None
@@ -126,53 +170,53 @@ def _inverse_cdf(weights: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     return (block * CDF_BLOCK + offset).squeeze(1)
 
 
-def _draw(logits: torch.Tensor, requests: list[Request]) -> list[int]:
+def _draw(logits: torch.Tensor, requests: list[Request]) -> torch.Tensor:
     """One token per row: argmax for greedy rows, an inverse-CDF draw with the request's uniform otherwise."""
+    device = logits.device
     random_rows = [i for i, r in enumerate(requests) if r.params.temperature > 0]
     if len(random_rows) < len(requests):
         tokens = logits.max(dim=-1).indices  # the first maximum, as argmax; 4x faster than argmax on CPU
     else:
-        tokens = torch.empty(len(requests), dtype=torch.long, device=logits.device)
+        tokens = torch.empty(len(requests), dtype=torch.long, device=device)
     if not random_rows:
-        return tokens.tolist()
+        return tokens
     subset = [requests[i] for i in random_rows]
-    weights = _weights(logits if len(subset) == len(requests) else logits[random_rows], subset)
-    uniforms = torch.tensor([r.rng.random() for r in subset], dtype=torch.float64, device=logits.device)
+    every_row = len(subset) == len(requests)
+    random_index = None if every_row else to_device(random_rows, torch.int64, device)
+    weights = _weights(logits if every_row else logits[random_index], subset)
+    uniforms = to_device([r.rng.random() for r in subset], torch.float64, device)
     cut = [i for i, r in enumerate(subset) if r.params.top_k > 0 or r.params.top_p < 1.0]
     if len(cut) == len(subset):
         _cut_by_rank(weights, subset)
     elif cut:
-        weights[cut] = _cut_by_rank(weights[cut], [subset[i] for i in cut])
-    tokens[random_rows] = _inverse_cdf(weights, uniforms)
-    return tokens.tolist()
+        cut_index = to_device(cut, torch.int64, device)
+        weights[cut_index] = _cut_by_rank(weights[cut_index], [subset[i] for i in cut])
+    drawn = _inverse_cdf(weights, uniforms)
+    if every_row:
+        return drawn
+    tokens[random_index] = drawn
+    return tokens
 
 
-def sample(logits: torch.Tensor, requests: list[Request]) -> tuple[list[int], list[TokenLogprob | None]]:
-    """logits fp32 [rows, vocab], one row per request; returns the next token of each and, for
-    requests that asked, its logprob (from the model's raw distribution) with the top alternatives."""
+def sample(logits: torch.Tensor, requests: list[Request]) -> SampledTokens:
+    """logits fp32 [rows, vocab], one row per request: the next token of each and, for requests that
+    asked, its logprob (from the model's raw distribution) with the top alternatives."""
     logprob_rows = [i for i, r in enumerate(requests) if r.params.logprobs]
-    raw_logprobs = None
+    raw_logprobs = some_rows = None
     if logprob_rows:  # before the masks and penalties below change the logits
-        raw_logprobs = torch.log_softmax(logits if len(logprob_rows) == len(requests) else logits[logprob_rows],
-                                         dim=-1)
+        if len(logprob_rows) < len(requests):
+            some_rows = to_device(logprob_rows, torch.int64, logits.device)
+        raw_logprobs = torch.log_softmax(logits if some_rows is None else logits[some_rows], dim=-1)
     logits = apply_step_masks(logits, requests)  # grammar-constrained rows (logprobs stay the model's own)
     if any(r.params.repetition_penalty != 1.0 or r.params.frequency_penalty or r.params.presence_penalty
            for r in requests):
         logits = logits.clone()
         _apply_penalties(logits, requests)
     tokens = _draw(logits, requests)
-    logprobs: list[TokenLogprob | None] = [None] * len(requests)
+    top_counts = [requests[i].params.top_logprobs for i in logprob_rows]
+    logprobs = None
     if raw_logprobs is not None:
-        # Gathered for all rows at once: one transfer from a GPU, not one per row.
-        picked = raw_logprobs.gather(1, torch.tensor([[tokens[i]] for i in logprob_rows], device=logits.device))
-        picked = picked.squeeze(1).tolist()
-        most = max(requests[i].params.top_logprobs for i in logprob_rows)
-        top_values, top_ids = [], []
-        if most:
-            values, ids = torch.topk(raw_logprobs, most, dim=-1)
-            top_values, top_ids = values.tolist(), ids.tolist()
-        for j, row in enumerate(logprob_rows):
-            count = requests[row].params.top_logprobs
-            top = tuple(zip(top_ids[j][:count], top_values[j][:count])) if count else ()
-            logprobs[row] = TokenLogprob(tokens[row], picked[j], top)
-    return tokens, logprobs
+        picked = raw_logprobs.gather(1, (tokens if some_rows is None else tokens[some_rows])[:, None]).squeeze(1)
+        top_values, top_ids = torch.topk(raw_logprobs, max(top_counts), dim=-1)  # k = 0 gives empty rows
+        logprobs = (picked, top_values, top_ids)
+    return SampledTokens.start_copy(tokens, logprob_rows, top_counts, logprobs)

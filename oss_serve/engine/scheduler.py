@@ -182,6 +182,8 @@ class Scheduler:
 
         while self.waiting and budget > 0 and len(self.running) < self.config.max_running_requests:
             request = self.waiting[0]
+            if request.awaits_token:  # preempted with its draw still in flight: a prefill needs the id
+                break
             self._use_cached_prefix(request)
             chunk = min(len(request.token_ids) - request.num_computed, self.config.chunk_size, budget)
             keep_free = num_decoding if self.running else 0
