@@ -155,6 +155,8 @@ class Scheduler:
         for request in list(self.running):
             if request.status is not Status.RUNNING or request.is_prefilling:
                 continue
+            if request.awaits_token and request.num_output_tokens >= request.max_new_tokens:
+                continue  # the token in flight is its last: it ends when that is read
             while not self._grow(request, request.num_computed + 1):
                 victim = self.running[-1]
                 if victim is request and len(self.running) == 1:
@@ -199,7 +201,7 @@ class Scheduler:
             batch.append(ScheduledSeq(request, chunk))
             budget -= chunk
 
-        if not batch and self.running and not unservable:
+        if not batch and self.running and not unservable and all(r.is_prefilling for r in self.running):
             # Every running request is stuck mid-prefill waiting for pages the others hold:
             # requeue the newest so the rest can move; a lone one can never fit.
             if len(self.running) == 1:
