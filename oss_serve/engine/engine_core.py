@@ -19,7 +19,7 @@ from oss_serve.attention.paged import PagedKVCache
 from oss_serve.engine.model_runner import ModelRunner, PendingInputs
 from oss_serve.engine.outputs import TokenLogprob
 from oss_serve.engine.request import PENDING_TOKEN, Request, RequestDelta, Status
-from oss_serve.engine.sampler import SampledTokens
+from oss_serve.engine.sampler import SampledTokens, sample
 from oss_serve.engine.sampling_params import SamplingParams
 from oss_serve.engine.scheduler import ScheduledSeq, Scheduler, SchedulerConfig
 from oss_serve.server_args import ServerArgs
@@ -92,14 +92,6 @@ class InFlightStep:
     """A queued step whose draws the host has not read yet: row i of `sampled` is `requests[i]`'s token."""
     requests: list[Request]
     sampled: SampledTokens
-
-
-def needs_host_tokens(request: Request) -> bool:
-    """Whether sampling this request's next token reads its previous tokens on the host (grammar masks,
-    penalties), so that the step drawing them must be read before the next one is scheduled."""
-    params = request.params
-    return (request.constraint is not None or params.repetition_penalty != 1.0 or bool(params.frequency_penalty)
-            or bool(params.presence_penalty))
 
 
 @dataclass(frozen=True)
@@ -312,28 +304,32 @@ class EngineCore:
 
     # ---- the step ----------------------------------------------------------------------------
     def step(self) -> list[RequestDelta]:
-        """Schedule and queue a step, then read what the previous one drew (overlapped schedule) or this one."""
+        """Schedule and queue a step's forward; read what the previous step drew (overlapped schedule) while
+        the device runs it; queue the sampling; then, without the overlap, read this step's draws."""
         started = time.perf_counter()
         deltas: list[RequestDelta] = []
         previous, self._in_flight = self._in_flight, None
-        if previous is not None and any(needs_host_tokens(r) for r in previous.requests):
-            deltas += self._read(previous)
-            previous = None
         batch = self.scheduler.schedule()
         scheduled = time.perf_counter()
-        sampled = None
+        logits = None
         if batch:
             sample_rows = [i for i, seq in enumerate(batch)
                            if seq.request.num_computed + seq.num_new_tokens == len(seq.request.token_ids)]
             sampled_requests = [batch[i].request for i in sample_rows]
-            # Grammar masks are filled on a worker thread while the forward runs; the sampler applies them.
-            self.structured.begin_step(sampled_requests)
-            sampled = self.runner.step(batch, sample_rows, self._pending_inputs(batch, previous))
-            if self.profile and sampled is not None:
-                sampled.wait()  # the device's time counts as the forward's (no overlap while profiling)
-        forward_time = time.perf_counter() - scheduled
-        if previous is not None:  # read while the device runs the step just queued
+            if previous is None:  # every token is known: grammar masks are filled while the forward runs
+                self.structured.begin_step(sampled_requests)
+            logits = self.runner.forward(batch, sample_rows, self._pending_inputs(batch, previous))
+        if previous is not None:
             deltas += self._read(previous)
+            # Now that the tokens are known (grammar state, penalties); the device is busy with the forward.
+            self.structured.begin_step([r for r in sampled_requests if r.status is not Status.FINISHED]
+                                       if logits is not None else [])
+        sampled = None
+        if logits is not None:
+            sampled = sample(logits, sampled_requests)
+            if self.profile:
+                sampled.wait()  # the device's time counts as the forward's
+        forward_time = time.perf_counter() - scheduled
         for request in self.scheduler.unservable:
             # Alone and still out of pages: the sequence is longer than the whole KV pool.
             if request.status is not Status.FINISHED:  # (it may have stopped on the token just read)
@@ -345,7 +341,7 @@ class EngineCore:
                     if request.status is not Status.FINISHED:
                         request.token_ids.append(PENDING_TOKEN)
                 self._in_flight = InFlightStep(sampled_requests, sampled)
-                if not self.overlap:
+                if not self.overlap or self.profile:  # profiling times each step alone
                     deltas += self._read(self._in_flight)
                     self._in_flight = None
             if self.profile:

@@ -1,4 +1,4 @@
-"""Runs one scheduled step on the model: packs the batch, lays out the paged cache, samples."""
+"""Runs one scheduled step on the model: packs the batch, lays out the paged cache, returns the logits to sample."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,8 +8,6 @@ import torch
 from oss_serve.attention.paged import BatchLayout, PagedAttentionBackend, PagedBatch, PagedKVCache
 from oss_serve.engine.async_copy import to_device
 from oss_serve.engine.page_table import PageTableMirror
-from oss_serve.engine.request import Request
-from oss_serve.engine.sampler import SampledTokens, sample
 from oss_serve.engine.scheduler import ScheduledSeq
 
 
@@ -106,10 +104,11 @@ class ModelRunner:
         self.graphs = DecodeGraphs(self.model, self.cache, self.page_tables, max_batch_size, self.device)
 
     @torch.inference_mode()
-    def step(self, batch: list[ScheduledSeq], sample_rows: list[int], pending: PendingInputs | None = None
-             ) -> SampledTokens | None:
-        """Queue the batch and the sampling of the next token for the batch entries listed in `sample_rows`
-        (those whose step computes their last known token); None if there are none."""
+    def forward(self, batch: list[ScheduledSeq], sample_rows: list[int], pending: PendingInputs | None = None
+                ) -> torch.Tensor | None:
+        """Queue the batch; returns the logits [len(sample_rows), vocab] of the batch entries listed in
+        `sample_rows` (those whose step computes their last known token), None if there are none. Graph
+        replays return a static buffer: sample it before the next forward."""
         self.page_tables.sync([seq.request for seq in batch])
         all_decode = all(seq.num_new_tokens == 1 for seq in batch)
         if self.graphs is not None and all_decode and self.graphs.fits(len(batch)):
@@ -126,5 +125,4 @@ class ModelRunner:
                 return None  # a step of prefill chunks only: no logits needed
             last_token_rows = [paged.layout.q_starts[i] + paged.layout.q_lens[i] - 1 for i in sample_rows]
             logits = self.model.compute_logits(hidden[to_device(last_token_rows, torch.int64, self.device)])
-        requests: list[Request] = [batch[i].request for i in sample_rows]
-        return sample(logits, requests)
+        return logits

@@ -198,6 +198,7 @@ def _draw(logits: torch.Tensor, requests: list[Request]) -> torch.Tensor:
     return tokens
 
 
+@torch.inference_mode()  # the logits come from the model's forward, run in inference mode
 def sample(logits: torch.Tensor, requests: list[Request]) -> SampledTokens:
     """logits fp32 [rows, vocab], one row per request: the next token of each and, for requests that
     asked, its logprob (from the model's raw distribution) with the top alternatives."""
