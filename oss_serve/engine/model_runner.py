@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from oss_serve.attention.paged import BatchLayout, PagedAttentionBackend, PagedBatch, PagedKVCache
-from oss_serve.engine.async_copy import to_device
+from oss_serve.async_copy import to_device
 from oss_serve.engine.page_table import PageTableMirror
 from oss_serve.engine.scheduler import ScheduledSeq
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from oss_serve.engine.async_copy import to_device
+from oss_serve.async_copy import to_device
 from oss_serve.engine.radix_cache import NO_PAGE
 from oss_serve.engine.request import Request
 

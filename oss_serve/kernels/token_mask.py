@@ -12,6 +12,7 @@ from typing import Sequence
 
 import torch
 
+from oss_serve.async_copy import to_device
 from oss_serve.kernels import _support
 
 try:
@@ -55,7 +56,7 @@ def mask_tokens_(logits: torch.Tensor, packed: torch.Tensor, logit_rows: Sequenc
         return logits
     vocab_size = logits.shape[1]
     assert packed.shape[1] * 32 >= vocab_size
-    rows = torch.tensor([list(logit_rows), list(mask_rows)], dtype=torch.int32, device=logits.device)
+    rows = to_device([*logit_rows, *mask_rows], torch.int32, logits.device)
     grid = (len(logit_rows), triton.cdiv(vocab_size, _BLOCK_TOKENS))
     mask_tokens_kernel[grid](logits, packed, rows, len(logit_rows), vocab_size, logits.stride(0),
                              packed.stride(0), BLOCK_TOKENS=_BLOCK_TOKENS, num_warps=4 if logits.is_cuda else 1)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from llguidance import LLExecutor, LLTokenizer
 
+from oss_serve.async_copy import to_device
 from oss_serve.harmony import encoding as harmony_ids
 from oss_serve.kernels.token_mask import mask_tokens_
 from oss_serve.structured.constraint import BannedStep, ForcedStep, GrammarStep, RequestConstraint
@@ -75,13 +76,13 @@ class StepMasks:
             else:
                 mask_tokens_(logits, disallowed.to(device, non_blocking=True), grammar_rows, mask_rows)
         if forced_rows:
-            rows = torch.tensor(forced_rows, device=device)
-            tokens = torch.tensor(forced_tokens, device=device)
+            rows = to_device(forced_rows, torch.int64, device)
+            tokens = to_device(forced_tokens, torch.int64, device)
             kept = logits[rows, tokens]
             logits[rows] = float("-inf")
             logits[rows, tokens] = torch.nan_to_num(kept, neginf=0.0)  # never -inf: it must stay pickable
         if banned_rows:
-            logits[torch.tensor(banned_rows, device=device), torch.tensor(banned_tokens, device=device)] = float("-inf")
+            logits[to_device(banned_rows, torch.int64, device), to_device(banned_tokens, torch.int64, device)] = float("-inf")
         return logits
 
 
