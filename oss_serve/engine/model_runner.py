@@ -92,7 +92,8 @@ class ModelRunner:
         device = self.device
         if device.type == "cpu":
             return input_ids, positions, paged
-        moved = PagedBatch(to_device(paged.cu_q_lens, torch.int32, device), to_device(paged.seq_lens, torch.int32, device),
+        moved = PagedBatch(to_device(paged.cu_q_lens, torch.int32, device),
+                           to_device(paged.seq_lens, torch.int32, device),
                            paged.full_page_table, paged.sliding_page_table,
                            to_device(paged.full_slots, torch.int64, device),
                            to_device(paged.sliding_slots, torch.int64, device), paged.layout)

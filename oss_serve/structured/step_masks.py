@@ -1,9 +1,10 @@
 """Token masks for one engine step, computed on a worker thread while the forward runs.
 
-`StructuredDecoding.begin_step` is called once the batch is scheduled: every constrained
-request's next-token rule is already known (it depends only on tokens taken so far), so the
-grammar masks are filled in parallel by llguidance's thread pool (which drops the GIL) while the
-model computes the logits. The sampler then waits for the masks (usually long done) and applies
+`StructuredDecoding.begin_step` is called as soon as every constrained request's next-token rule is
+known (it depends only on tokens taken so far): once the batch is scheduled, or with the overlapped
+schedule once the previous step's tokens are read, the forward being queued by then. The grammar
+masks are filled in parallel by llguidance's thread pool (which drops the GIL) while the model
+computes the logits. The sampler then waits for the masks (usually long done) and applies
 them in place to the rows that need them: on a GPU one kernel reads the packed bits, on CPU the
 worker has unpacked them into bytes that the sampler adds, times the lowest float, to the logits.
 """
@@ -82,7 +83,8 @@ class StepMasks:
             logits[rows] = float("-inf")
             logits[rows, tokens] = torch.nan_to_num(kept, neginf=0.0)  # never -inf: it must stay pickable
         if banned_rows:
-            logits[to_device(banned_rows, torch.int64, device), to_device(banned_tokens, torch.int64, device)] = float("-inf")
+            rows, tokens = (to_device(values, torch.int64, device) for values in (banned_rows, banned_tokens))
+            logits[rows, tokens] = float("-inf")
         return logits
 
 
