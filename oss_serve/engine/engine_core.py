@@ -321,11 +321,10 @@ class EngineCore:
             logits = self.runner.forward(batch, sample_rows, self._pending_inputs(batch, previous))
         if previous is not None:
             deltas += self._read(previous)
-            # Now that the tokens are known (grammar state, penalties); the device is busy with the forward.
-            self.structured.begin_step([r for r in sampled_requests if r.status is not Status.FINISHED]
-                                       if logits is not None else [])
         sampled = None
         if logits is not None:
+            if previous is not None:  # the masks need the tokens just read; the device is busy with the forward
+                self.structured.begin_step([r for r in sampled_requests if r.status is not Status.FINISHED])
             sampled = sample(logits, sampled_requests)
             if self.profile:
                 sampled.wait()  # the device's time counts as the forward's
