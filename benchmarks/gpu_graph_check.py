@@ -19,7 +19,7 @@ from oss_serve.testing.make_checkpoint import make_checkpoint
 
 
 def run(folder: str, temperature: float = 0.0, **engine_args) -> list[list[int]]:
-    llm = LLM(folder, device="cuda", max_total_tokens=8192, **engine_args)
+    llm = LLM(folder, device="cuda", max_total_tokens=8192, cuda_graph_max_bs=16, **engine_args)
     prompts = [list(range(1000 + 7 * i, 1000 + 7 * i + 5 + 9 * i)) for i in range(12)]
     params = [SamplingParams(temperature=temperature, seed=i, max_new_tokens=24, ignore_eos=True) for i in range(12)]
     outputs = [out.token_ids for out in llm.generate(prompts, params)]
@@ -51,7 +51,7 @@ def main() -> None:
 
 
 def report_synchronizing_calls(folder: str, steps: int = 20) -> None:
-    llm = LLM(folder, device="cuda", max_total_tokens=8192)
+    llm = LLM(folder, device="cuda", max_total_tokens=8192, cuda_graph_max_bs=16)
     engine = llm.engine
     for i in range(8):
         engine.add_request(f"s{i}", list(range(1000 + i, 1040 + i)),
