@@ -67,6 +67,19 @@ def graph_bench_ms(fn) -> float:
     return do_bench_cudagraph(fn, rep=40)
 
 
+def linear_case(name: str, out_features: int, in_features: int, bias: bool, num_tokens: int) -> None:
+    """cuBLAS (F.linear, bf16) at a decode shape of the model, graph-replayed: the weight bytes it moves per
+    microsecond says whether a hand-written small-batch kernel could win (the batch-1 step spends ~0.7 ms
+    in these)."""
+    generator = torch.Generator(device=DEVICE).manual_seed(0)
+    weight = torch.randn(out_features, in_features, device=DEVICE, dtype=torch.bfloat16, generator=generator)
+    b = torch.randn(out_features, device=DEVICE, dtype=torch.bfloat16, generator=generator) if bias else None
+    x = torch.randn(num_tokens, in_features, device=DEVICE, dtype=torch.bfloat16, generator=generator)
+    ms = graph_bench_ms(lambda: torch.nn.functional.linear(x, weight, b))
+    report("linear", name=name, tokens=num_tokens, out_features=out_features, in_features=in_features, ms=ms,
+           weight_GBps=weight.numel() * 2 / ms / 1e6)
+
+
 def length(n: int) -> int:
     """Token counts and contexts as written for the GPU; shrunk in a smoke run."""
     return max(1, n // 128) if SMOKE else n
@@ -399,6 +412,12 @@ def main() -> None:
         ("rmsnorm", lambda: [rms_norm_case(length(n)) for n in (1, 256, 4096)]),
         ("rope+store", lambda: [rope_store_case(length(n), d) for n in (1, 256, 4096)
                                 for d in (torch.bfloat16, torch.float8_e4m3fn)]),
+        ("linear cublas", lambda: [linear_case(name, n, k, bias, t)
+                                  for name, n, k, bias in (("qkv", (HEADS + 2 * KV_HEADS) * HEAD_DIM, HIDDEN, True),
+                                                           ("o_proj", HIDDEN, HEADS * HEAD_DIM, True),
+                                                           ("router", EXPERTS, HIDDEN, True),
+                                                           ("lm_head", 201088 if not SMOKE else 512, HIDDEN, False))
+                                  for t in (1, 4, 64)]),
         ("moe setup", moe_setup),
         ("moe correctness", lambda: moe_correctness(experts)),
         ("moe dense torch setup", moe_dense_setup),
