@@ -320,11 +320,12 @@ class EngineCore:
                 self.structured.begin_step(sampled_requests)
             logits = self.runner.forward(batch, sample_rows, self._pending_inputs(batch, previous))
         if previous is not None:
-            deltas += self._read(previous)
+            tokens, logprobs = self._take(previous)
+            if logits is not None:  # the masks needed those tokens; filled while the rest of the read runs
+                self.structured.begin_step(sampled_requests)
+            deltas += self._book(previous, tokens, logprobs)
         sampled = None
         if logits is not None:
-            if previous is not None:  # the masks need the tokens just read; the device is busy with the forward
-                self.structured.begin_step([r for r in sampled_requests if r.status is not Status.FINISHED])
             sampled = sample(logits, sampled_requests)
             if self.profile:
                 sampled.wait()  # the device's time counts as the forward's
@@ -341,7 +342,7 @@ class EngineCore:
                         request.token_ids.append(PENDING_TOKEN)
                 self._in_flight = InFlightStep(sampled_requests, sampled)
                 if not self.overlap or self.profile:  # profiling times each step alone
-                    deltas += self._read(self._in_flight)
+                    deltas += self._book(self._in_flight, *self._take(self._in_flight))
                     self._in_flight = None
             if self.profile:
                 self.step_times.append(StepTiming(time.perf_counter() - started, scheduled - started, forward_time,
@@ -363,9 +364,19 @@ class EngineCore:
             offset += seq.num_new_tokens
         return PendingInputs(rows, sources, previous.sampled.tokens) if rows else None
 
-    def _read(self, step: InFlightStep) -> list[RequestDelta]:
-        """Take a step's draws (waiting for the device): each token, stop checks, finished requests."""
+    @staticmethod
+    def _take(step: InFlightStep) -> tuple[list[int], list[TokenLogprob | None]]:
+        """A step's draws (waiting for the device), with the grammars advanced: the next masks may start."""
         tokens, logprobs = step.sampled.resolve()
+        for request, token in zip(step.requests, tokens):
+            if request.constraint is not None and request.status is not Status.FINISHED:
+                request.constraint.advance(token)
+                request.step_masks = None
+        return tokens, logprobs
+
+    def _book(self, step: InFlightStep, tokens: list[int], logprobs: list[TokenLogprob | None]
+              ) -> list[RequestDelta]:
+        """Append each token taken, check stops, finish requests."""
         deltas = []
         for request, token, logprob in zip(step.requests, tokens, logprobs):
             if request.status is Status.FINISHED:  # aborted or ended while its draw was in flight
@@ -379,9 +390,6 @@ class EngineCore:
         params = request.params
         request.token_ids[-1] = token  # was PENDING_TOKEN
         request.pending_ids.append(token)
-        if request.constraint is not None:
-            request.constraint.advance(token)
-            request.step_masks = None
         if logprob is not None:
             request.pending_logprobs.append(logprob)
         if params.frequency_penalty or params.presence_penalty:
