@@ -5,7 +5,6 @@ requests ending (stops, length, abort, preemption) while a step that includes th
 from __future__ import annotations
 
 import json
-import random
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,21 +13,17 @@ import pytest
 from oss_serve import LLM, SamplingParams
 from oss_serve.engine.request import PENDING_TOKEN
 from oss_serve.structured.spec import GrammarSpec, StructuredOutput
+from test_engine_batching import random_prompts
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 GREEDY = SamplingParams(max_new_tokens=12, temperature=0, ignore_eos=True)
 
 
-def random_prompts(count: int, low: int, high: int, seed: int) -> list[list[int]]:
-    rng = random.Random(seed)
-    return [[rng.randrange(1000, 100000) for _ in range(rng.randrange(low, high))] for _ in range(count)]
-
-
 def generate(llm: LLM, overlap: bool, prompts: list[list[int]], params: list[SamplingParams]) -> list:
     llm.engine.overlap = overlap
     outputs = llm.generate(prompts, params)
-    assert not llm.engine.has_work and llm.engine._in_flight is None
+    assert not llm.engine.has_work  # nothing left in flight either
     return outputs
 
 

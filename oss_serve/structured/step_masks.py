@@ -99,8 +99,8 @@ class StructuredDecoding:
         self._device = device
         self._worker: ThreadPoolExecutor | None = None
         self._executor: LLExecutor | None = None
-        # Page-locked, so the copy to the GPU is one DMA; rewriting it is safe: each step's sampling
-        # syncs before the next step's fill starts.
+        # Page-locked, so the copy to the GPU is one DMA; rewriting it is safe: the next step's fill starts
+        # only after the engine has read this step's draws, which waits for the copy queued before them.
         self._pinned: torch.Tensor | None = None
 
     @property
