@@ -53,9 +53,10 @@ def main() -> None:
 def report_synchronizing_calls(folder: str, steps: int = 20) -> None:
     llm = LLM(folder, device="cuda", max_total_tokens=8192, cuda_graph_max_bs=16)
     engine = llm.engine
-    for i in range(8):
+    for i in range(8):  # greedy, plain and top-k sampling
         engine.add_request(f"s{i}", list(range(1000 + i, 1040 + i)),
-                           SamplingParams(temperature=1.0 if i % 2 else 0.0, max_new_tokens=200, ignore_eos=True))
+                           SamplingParams(temperature=1.0 if i % 2 else 0.0, top_k=20 if i % 4 == 3 else -1,
+                                          max_new_tokens=200, ignore_eos=True))
     for _ in range(4):  # prefill, then graph-replayed decodes
         engine.step()
     with warnings.catch_warnings(record=True) as caught:

@@ -121,9 +121,11 @@ def _cut_by_rank(weights: torch.Tensor, requests: list[Request]) -> torch.Tensor
         boundary[spill], ties_kept[spill], partial[spill] = _prefix_edge(ranked, keep)
     # The prefix is every token above its last weight and the first few (in token order) equal to it.
     weights.masked_fill_(weights < boundary, 0.0)
-    if bool(partial.any()):
+    # Rows without a partial tie are left as they are by the cut below. A GPU does it for every row: asking
+    # whether any row needs it would wait for the step's forward.
+    if weights.is_cuda or bool(partial.any()):
         equal = weights == boundary
-        weights.masked_fill_(equal & (equal.cumsum(dim=-1) > ties_kept), 0.0)
+        weights.masked_fill_(equal & (equal.cumsum(dim=-1, dtype=torch.int32) > ties_kept), 0.0)
     return weights
 
 
