@@ -44,8 +44,8 @@ def main() -> None:
             for _ in range(args.steps):
                 scheduled = engine.scheduler.schedule()  # a decode-only schedule: step() repeats it unchanged
                 started = time.perf_counter()
-                runner.page_tables.sync([seq.request for seq in scheduled])
-                runner.decode_inputs(scheduled)  # what a CUDA-graph replay takes
+                plan = runner.plan(scheduled, list(range(len(scheduled))), None)  # what a CUDA-graph replay takes
+                runner.page_tables.apply(plan.table_updates)
                 inputs.append(time.perf_counter() - started)
                 deltas = engine.step()
                 started = time.perf_counter()

@@ -33,20 +33,20 @@ def test_mirror_follows_growth_replacement_and_row_reuse() -> None:
     a, b = _request("a", 0), _request("b", 3)
     a.full_pages, a.sliding_pages = [5, 6], [7, 8]
     b.full_pages, b.sliding_pages = [9], [NO_PAGE]  # a prefix-cache hit whose sliding page is out of window
-    mirror.sync([a, b])
+    mirror.apply(mirror.updates([a, b]))
     _expect(mirror, [a, b])
 
     a.full_pages.extend([10, 11])  # decode crossed pages: only the new columns are written
     a.sliding_pages.extend([12, 13])
     a.sliding_pages[0] = NO_PAGE  # released outside the window
-    mirror.sync([a])
+    mirror.apply(mirror.updates([a]))
     _expect(mirror, [a, b])
 
     a.full_pages, a.sliding_pages = [1], [2]  # released and re-admitted: fresh lists, same row
-    mirror.sync([a])
+    mirror.apply(mirror.updates([a]))
     _expect(mirror, [a])
 
     c = _request("c", 3)  # b finished; its row goes to a new request with fewer pages
     c.full_pages, c.sliding_pages = [14, 15, 3], [4, 0, 1]
-    mirror.sync([c, a])
+    mirror.apply(mirror.updates([c, a]))
     _expect(mirror, [c, a])

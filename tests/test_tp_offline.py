@@ -22,10 +22,12 @@ GREEDY = SamplingParams(max_new_tokens=12, temperature=0, ignore_eos=True)
 LOGITS_TOLERANCE = 1e-4
 
 
-def run(checkpoint: Path, tp: int, **engine_args) -> tuple[list[list[int]], list[torch.Tensor]]:
+def run(checkpoint: Path, tp: int, overlap: bool = False, **engine_args
+        ) -> tuple[list[list[int]], list[torch.Tensor]]:
     """Greedy outputs and every step's fp32 logits (rank 0's) for PROMPTS."""
     llm = LLM(str(checkpoint), tp_size=tp, device="cpu", dtype="float32", max_total_tokens=2048, page_size=4,
               **engine_args)
+    llm.engine.overlap = overlap  # on by default on a GPU only; the same code path here
     try:
         logits: list[torch.Tensor] = []
         compute_logits = llm.engine.model.compute_logits
@@ -42,9 +44,9 @@ def run(checkpoint: Path, tp: int, **engine_args) -> tuple[list[list[int]], list
         llm.engine.close()
 
 
-def assert_same(checkpoint: Path, **engine_args) -> None:
+def assert_same(checkpoint: Path, overlap: bool = False, **engine_args) -> None:
     ids_1, logits_1 = run(checkpoint, 1, **engine_args)
-    ids_2, logits_2 = run(checkpoint, 2, **engine_args)
+    ids_2, logits_2 = run(checkpoint, 2, overlap, **engine_args)
     assert ids_2 == ids_1
     assert len(logits_2) == len(logits_1)
     for step_1, step_2 in zip(logits_1, logits_2):
@@ -59,6 +61,12 @@ def test_tp2_matches_tp1_packed_mxfp4(tiny_mxfp4_ckpt: Path) -> None:
     # Packed MXFP4 experts (the GPU layout) run through the kernel's reference path on CPU; the
     # dequantized-at-load path is covered with padding below.
     assert_same(tiny_mxfp4_ckpt, moe_backend="triton")
+
+
+def test_tp2_overlapped_schedule_matches_tp1(tiny_mxfp4_ckpt: Path) -> None:
+    # Decode inputs are still on the device when rank 0 sends the plan: workers take them from rank 0's
+    # draws, broadcast device to device.
+    assert_same(tiny_mxfp4_ckpt, overlap=True, moe_backend="triton")
 
 
 @pytest.fixture(scope="module")

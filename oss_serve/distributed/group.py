@@ -1,5 +1,5 @@
-"""A process's membership of the tensor-parallel group: the sum of partial outputs across ranks
-(NCCL on GPU, gloo on CPU) and the channel over which rank 0 sends every step to the workers.
+"""A process's membership of the tensor-parallel group: the sum of partial outputs and rank 0's draws
+(NCCL on GPU, gloo on CPU), and the channel over which rank 0 sends every step to the workers.
 
 The control channel is a gloo group with no practical timeout: an idle server leaves workers
 waiting for the next step for as long as it likes. A rank that dies closes its connections, and
@@ -67,6 +67,11 @@ class TensorParallelGroup:
 
     def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(tensor)
+        return tensor
+
+    def broadcast(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Rank 0's `tensor` into every rank's (same shape and dtype); on GPU queued on the device, no host wait."""
+        dist.broadcast(tensor, src=0)
         return tensor
 
     def send(self, message: Any) -> None:

@@ -18,7 +18,7 @@ import torch
 from oss_serve.attention.paged import PagedKVCache
 from oss_serve.distributed.group import TensorParallelGroup
 from oss_serve.distributed.runner import TensorParallelRunner
-from oss_serve.distributed.step_inputs import KVCacheLayout, Stop
+from oss_serve.distributed.messages import RunnerLayout, Stop
 from oss_serve.distributed.topology import Topology
 from oss_serve.model.config import ModelConfig
 from oss_serve.model.parallel import TensorParallelShard, attach_all_reduces
@@ -56,7 +56,7 @@ def stop_workers(workers: dict[int, subprocess.Popen]) -> None:
 
 class TensorParallelLeader:
     """Rank 0: starts this node's worker ranks, joins the group, loads rank 0's shard of the model, and
-    sends the KV cache layout and then every step to the workers. `loaded` is rank 0's LoadedModel."""
+    sends the runner's layout and then every step to the workers. `loaded` is rank 0's LoadedModel."""
 
     def __init__(self, args: ServerArgs) -> None:
         from oss_serve.model.loader import load_model, resolve_model_path
@@ -93,15 +93,12 @@ class TensorParallelLeader:
             raise RuntimeError(problem)
         self.group.send(message)
 
-    def send_kv_cache_layout(self, layer_windows: list[int | None], num_full_pages: int, num_sliding_pages: int,
-                             page_size: int, dtype: torch.dtype) -> None:
-        self.send(KVCacheLayout(layer_windows, num_full_pages, num_sliding_pages, page_size, dtype))
-
-    def make_runner(self, model: torch.nn.Module, cache: PagedKVCache, device: torch.device,
-                    attention_backend: str, max_running_requests: int, max_pages_per_seq: int
-                    ) -> TensorParallelRunner:
-        return TensorParallelRunner(model, cache, device, attention_backend, max_running_requests, max_pages_per_seq,
-                                    self)
+    def make_runner(self, layout: RunnerLayout, model: torch.nn.Module, cache: PagedKVCache, device: torch.device,
+                    attention_backend: str) -> TensorParallelRunner:
+        """Rank 0's runner; the workers build theirs from `layout`."""
+        self.send(layout)
+        return TensorParallelRunner(model, cache, device, attention_backend, layout.num_table_rows,
+                                    layout.max_pages_per_seq, leader=self)
 
     def shutdown(self) -> None:
         """Stop the workers (on every node) and leave the group. Safe to call twice."""

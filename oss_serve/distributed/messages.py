@@ -1,46 +1,30 @@
-"""The messages rank 0 sends to worker ranks, and the packed step inputs they carry."""
+"""The messages rank 0 sends to worker ranks (besides the `StepPlan` of every step)."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
 
-from oss_serve.attention.paged import PagedBatch
-
 
 @dataclass(frozen=True)
-class KVCacheLayout:
-    """What a worker needs to build page pools identical to rank 0's (its own KV heads in them):
-    the page tables rank 0 sends index these pools."""
+class RunnerLayout:
+    """What a worker needs to build a model runner like rank 0's: page pools of the same pages (its own KV
+    heads in them) and a page-table mirror of the same shape, which rank 0's plans index."""
     layer_windows: list[int | None]
     num_full_pages: int
     num_sliding_pages: int
     page_size: int
     dtype: torch.dtype
+    num_table_rows: int
+    max_pages_per_seq: int
 
 
 @dataclass(frozen=True)
-class StepInputs:
-    """One forward's packed batch, on the CPU for the trip."""
-    input_ids: torch.Tensor
-    positions: torch.Tensor
-    paged: PagedBatch
-
-    @classmethod
-    def pack(cls, input_ids: torch.Tensor, positions: torch.Tensor, paged: PagedBatch) -> "StepInputs":
-        return cls(input_ids.cpu(), positions.cpu(), _move(paged, torch.device("cpu")))
-
-    def unpack(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, PagedBatch]:
-        return self.input_ids.to(device), self.positions.to(device), _move(self.paged, device)
+class CaptureGraphs:
+    """Capture decode graphs now, as rank 0 does: the ranks meet at the same all-reduces inside them."""
+    max_batch_size: int
 
 
 @dataclass(frozen=True)
 class Stop:
     pass
-
-
-def _move(paged: PagedBatch, device: torch.device) -> PagedBatch:
-    return dataclasses.replace(paged, **{field.name: getattr(paged, field.name).to(device)
-                                         for field in dataclasses.fields(paged)
-                                         if isinstance(getattr(paged, field.name), torch.Tensor)})

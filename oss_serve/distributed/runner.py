@@ -5,9 +5,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from oss_serve.attention.paged import PagedBatch, PagedKVCache
-from oss_serve.distributed.step_inputs import StepInputs
-from oss_serve.engine.model_runner import ModelRunner
+from oss_serve.distributed.messages import CaptureGraphs
+from oss_serve.engine.model_runner import ModelRunner, PendingInputs
 from oss_serve.engine.scheduler import ScheduledSeq
 
 if TYPE_CHECKING:
@@ -15,15 +14,22 @@ if TYPE_CHECKING:
 
 
 class TensorParallelRunner(ModelRunner):
-    """Every batch rank 0 prepares goes to the worker ranks before rank 0's own forward, so all ranks
-    run the same forward and meet at the same all-reduces. Sampling stays on rank 0."""
+    """Every step's plan goes to the worker ranks before rank 0 queues its own forward, so all ranks run
+    the same forward and meet at the same all-reduces. Sampling stays on rank 0; tokens the plan takes
+    from the device (overlapped schedule) are broadcast from rank 0's draws, device to device."""
 
-    def __init__(self, model: torch.nn.Module, cache: PagedKVCache, device: torch.device, attention_backend: str,
-                 max_running_requests: int, max_pages_per_seq: int, leader: TensorParallelLeader) -> None:
-        super().__init__(model, cache, device, attention_backend, max_running_requests, max_pages_per_seq)
+    def __init__(self, *args, leader: TensorParallelLeader) -> None:
+        super().__init__(*args)
         self.leader = leader
 
-    def _prepare(self, batch: list[ScheduledSeq]) -> tuple[torch.Tensor, torch.Tensor, PagedBatch]:
-        input_ids, positions, paged = super()._prepare(batch)
-        self.leader.send(StepInputs.pack(input_ids, positions, paged))
-        return input_ids, positions, paged
+    def forward(self, batch: list[ScheduledSeq], sample_rows: list[int], pending: PendingInputs | None = None,
+                drawn: torch.Tensor | None = None) -> torch.Tensor | None:
+        plan = self.plan(batch, sample_rows, pending)
+        self.leader.send(plan)
+        if plan.pending is not None:
+            self.leader.group.broadcast(drawn)
+        return self.execute(plan, drawn)
+
+    def enable_cuda_graphs(self, max_batch_size: int) -> None:
+        self.leader.send(CaptureGraphs(max_batch_size))
+        super().enable_cuda_graphs(max_batch_size)

@@ -1,4 +1,4 @@
-"""A worker rank (1..N-1): loads its shard of the model, then runs every forward rank 0 sends it.
+"""A worker rank (1..N-1): loads its shard of the model, then runs every step plan rank 0 sends it.
 
 Entry point: `python -m oss_serve.distributed.worker`, with pickled (ServerArgs, Topology, rank) on
 stdin. It exits when rank 0 says Stop, or with an error when rank 0 goes away (gloo notices the
@@ -13,9 +13,10 @@ import sys
 
 import torch
 
-from oss_serve.attention.paged import PagedAttentionBackend, PagedKVCache
+from oss_serve.attention.paged import PagedKVCache
 from oss_serve.distributed.group import TensorParallelGroup
-from oss_serve.distributed.step_inputs import KVCacheLayout, StepInputs, Stop
+from oss_serve.distributed.messages import CaptureGraphs, RunnerLayout, Stop
+from oss_serve.engine.model_runner import ModelRunner, StepPlan
 from oss_serve.distributed.topology import Topology
 from oss_serve.model.loader import load_model
 from oss_serve.model.parallel import TensorParallelShard, attach_all_reduces
@@ -35,19 +36,23 @@ def run_worker(args: ServerArgs, topology: Topology, rank: int) -> None:
                             moe_backend=args.moe_backend, shard=TensorParallelShard(rank, topology.world_size))
         model, config, device = loaded.model, loaded.config, loaded.device
         attach_all_reduces(model, group.all_reduce)
-        backend: PagedAttentionBackend | None = None
+        runner: ModelRunner | None = None
         while True:
             message = group.receive()
             if isinstance(message, Stop):
                 return
-            if isinstance(message, KVCacheLayout):
+            if isinstance(message, StepPlan):
+                drawn = None
+                if message.pending is not None:
+                    drawn = group.broadcast(torch.empty(message.pending.num_drawn, dtype=torch.long, device=device))
+                runner.execute(message, drawn)
+            elif isinstance(message, RunnerLayout):
                 cache = PagedKVCache(message.layer_windows, message.num_full_pages, message.num_sliding_pages,
                                      message.page_size, config.num_kv_heads, config.head_dim, message.dtype, device)
-                backend = PagedAttentionBackend(cache, use_triton=args.attention_backend != "torch")
-            elif isinstance(message, StepInputs):
-                input_ids, positions, paged = message.unpack(device)
-                backend.prepare(paged)
-                model.forward(input_ids, positions, backend)
+                runner = ModelRunner(model, cache, device, args.attention_backend, message.num_table_rows,
+                                     message.max_pages_per_seq, returns_logits=False)
+            elif isinstance(message, CaptureGraphs):
+                runner.enable_cuda_graphs(message.max_batch_size)
             else:
                 raise TypeError(f"unexpected message from rank 0: {message!r}")
     finally:

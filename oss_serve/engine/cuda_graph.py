@@ -32,8 +32,9 @@ def graph_batch_sizes(max_batch_size: int) -> list[int]:
 
 class DecodeGraphs:
     def __init__(self, model: torch.nn.Module, cache: PagedKVCache, page_tables: PageTableMirror,
-                 max_batch_size: int, device: torch.device) -> None:
+                 max_batch_size: int, device: torch.device, with_logits: bool = True) -> None:
         self.model, self.cache, self.page_tables, self.device = model, cache, page_tables, device
+        self.with_logits = with_logits  # tensor-parallel workers capture the layers alone
         self.sizes = graph_batch_sizes(max_batch_size)
         self.max_batch_size = n = self.sizes[-1]
         ps = cache.page_size
@@ -45,7 +46,7 @@ class DecodeGraphs:
         self.cu_q_lens = torch.arange(n + 1, dtype=torch.int32, device=device)
         self.backend = PagedAttentionBackend(cache)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.logits: dict[int, torch.Tensor] = {}
+        self.outputs: dict[int, torch.Tensor] = {}  # logits (or hidden states, without the lm_head)
         self._capture_all()
 
     def _forward(self, bs: int) -> torch.Tensor:
@@ -55,7 +56,7 @@ class DecodeGraphs:
             full_page_table=self.page_tables.full[rows], sliding_page_table=self.page_tables.sliding[rows],
             full_slots=full_slots, sliding_slots=sliding_slots, layout=None))
         hidden = self.model.forward(tokens, positions, self.backend)
-        return self.model.compute_logits(hidden)
+        return self.model.compute_logits(hidden) if self.with_logits else hidden
 
     @torch.inference_mode()
     def _capture_all(self) -> None:
@@ -69,8 +70,9 @@ class DecodeGraphs:
                 for _ in range(2):  # warm-up: Triton compiles and autotunes outside the capture
                     self._forward(bs)
                 graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool, stream=stream):
-                    self.logits[bs] = self._forward(bs)
+                # thread_local: under tensor parallelism NCCL's watchdog thread queries its events meanwhile.
+                with torch.cuda.graph(graph, pool=pool, stream=stream, capture_error_mode="thread_local"):
+                    self.outputs[bs] = self._forward(bs)
                 self.graphs[bs] = graph
         torch.cuda.current_stream(self.device).wait_stream(stream)
         torch.cuda.synchronize(self.device)
@@ -80,18 +82,21 @@ class DecodeGraphs:
     def fits(self, num_seqs: int) -> bool:
         return num_seqs <= self.max_batch_size
 
-    def replay(self, inputs: torch.Tensor, pending: PendingInputs | None = None) -> torch.Tensor:
-        """inputs: int64 [5, n] host rows (token, position, full slot, sliding slot, page-table row) of `n`
-        one-token sequences whose pages the mirror holds; `pending` fills in tokens still on the device.
-        Returns logits [n, vocab]: a view of a static buffer, to be read (queued) before the next replay."""
-        n = inputs.shape[1]
+    def replay(self, columns: torch.Tensor, table_rows: list[int], pending: PendingInputs | None = None,
+               drawn: torch.Tensor | None = None) -> torch.Tensor:
+        """columns: int64 [4, n] host rows (token, position, full slot, sliding slot) of `n` one-token
+        sequences whose pages the mirror holds in `table_rows`; `pending` fills in tokens still on the device
+        (in `drawn`). Returns logits [n, vocab]: a view of a static buffer, to be read (queued) before the
+        next replay."""
+        n = columns.shape[1]
         bs = next(s for s in self.sizes if s >= n)
         self.staged.synchronize()  # with the overlapped schedule the last step's copy may still be queued
-        self.staging[:, :n] = inputs
+        self.staging[:4, :n] = columns
+        self.staging[4, :n] = torch.as_tensor(table_rows)
         self.staging[:, n:bs] = self.padding[:, None]
         self.inputs.copy_(self.staging, non_blocking=True)  # whole (contiguous): at most a few KiB
         self.staged.record()
         if pending is not None:
-            pending.fill(self.inputs[0])
+            pending.fill(self.inputs[0], drawn)
         self.graphs[bs].replay()
-        return self.logits[bs][:n]
+        return self.outputs[bs][:n]

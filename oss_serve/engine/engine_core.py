@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from oss_serve.attention.paged import PagedKVCache
+from oss_serve.distributed.messages import RunnerLayout
 from oss_serve.engine.model_runner import ModelRunner, PendingInputs
 from oss_serve.engine.outputs import TokenLogprob
 from oss_serve.engine.request import PENDING_TOKEN, Request, RequestDelta, Status
@@ -197,26 +198,26 @@ class EngineCore:
         # A sequence must fit the full-attention pool.
         self.context_length = min(self.context_length, num_full_pages * ps)
         max_pages_per_seq = -(-self.context_length // ps)
-        runner_args = (model, self.cache, self.device, args.attention_backend, max_running, max_pages_per_seq)
         if self.tp is not None:  # workers build the same page pools, each holding its own KV heads
-            self.tp.send_kv_cache_layout(layer_windows, num_full_pages, num_sliding_pages, ps, kv_dtype)
-            self.runner = self.tp.make_runner(*runner_args)
+            self.runner = self.tp.make_runner(
+                RunnerLayout(layer_windows, num_full_pages, num_sliding_pages, ps, kv_dtype, max_running,
+                             max_pages_per_seq), model, self.cache, self.device, args.attention_backend)
         else:
-            self.runner = ModelRunner(*runner_args)
+            self.runner = ModelRunner(model, self.cache, self.device, args.attention_backend, max_running,
+                                      max_pages_per_seq)
         # Graphs need kernels without host syncs: the Triton attention and MXFP4 MoE paths.
         graphable = args.attention_backend != "torch" and getattr(model, "packed_mxfp4", False)
         if self.device.type == "cuda" and not args.disable_cuda_graph and not graphable:
             logger.info("CUDA graphs off: they need the Triton attention and MXFP4 MoE backends")
-        if self.tp is not None and self.device.type == "cuda" and not args.disable_cuda_graph:
-            # Every rank would have to capture and replay the same graphs to meet at the same all-reduces.
-            logger.info("CUDA graphs off: not yet captured on tensor-parallel worker ranks")
-            graphable = False
         if self.device.type == "cuda" and not args.disable_cuda_graph and graphable:
-            self.runner.enable_cuda_graphs(min(args.cuda_graph_max_bs or DEFAULT_CUDA_GRAPH_MAX_BS, max_running))
+            try:
+                self.runner.enable_cuda_graphs(min(args.cuda_graph_max_bs or DEFAULT_CUDA_GRAPH_MAX_BS, max_running))
+            except RuntimeError as error:
+                raise RuntimeError(f"capturing CUDA graphs failed ({error}); --disable-cuda-graph runs without "
+                                   "them") from error
         # Schedule step N+1 while the device runs step N. Not on CPU, where the forward holds the host (it
-        # would only delay each token by a step), nor yet under tensor parallelism, whose worker ranks take
-        # their inputs from the host.
-        self.overlap = self.device.type == "cuda" and self.tp is None and not args.disable_overlap_schedule
+        # would only delay each token by a step).
+        self.overlap = self.device.type == "cuda" and not args.disable_overlap_schedule
         self._in_flight: InFlightStep | None = None
         logger.info("KV cache: %d tokens per full-attention layer, %d per sliding-window layer, page size %d, %s; "
                     "context length %d", num_full_pages * ps, num_sliding_pages * ps, ps,
@@ -318,7 +319,8 @@ class EngineCore:
             sampled_requests = [batch[i].request for i in sample_rows]
             if previous is None:  # every token is known: grammar masks are filled while the forward runs
                 self.structured.begin_step(sampled_requests)
-            logits = self.runner.forward(batch, sample_rows, self._pending_inputs(batch, previous))
+            logits = self.runner.forward(batch, sample_rows, self._pending_inputs(batch, previous),
+                                         None if previous is None else previous.sampled.tokens)
         if previous is not None:
             tokens, logprobs = self._take(previous)
             if logits is not None:  # the masks needed those tokens; filled while the rest of the read runs
@@ -362,7 +364,7 @@ class EngineCore:
                 rows.append(offset)
                 sources.append(source_of[id(seq.request)])
             offset += seq.num_new_tokens
-        return PendingInputs(rows, sources, previous.sampled.tokens) if rows else None
+        return PendingInputs(rows, sources, len(previous.requests)) if rows else None
 
     @staticmethod
     def _take(step: InFlightStep) -> tuple[list[int], list[TokenLogprob | None]]:

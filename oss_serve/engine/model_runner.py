@@ -1,42 +1,57 @@
-"""Runs one scheduled step on the model: packs the batch, lays out the paged cache, returns the logits to sample."""
+"""Runs one scheduled step on the model. Rank 0 turns the scheduled batch into a `StepPlan`, host data
+only; `execute` runs a plan on this process's device. Under tensor parallelism every rank executes rank
+0's plans, so page tables, CUDA graphs and inputs still on the device work the same way on all of them."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
 
-from oss_serve.attention.paged import BatchLayout, PagedAttentionBackend, PagedBatch, PagedKVCache
 from oss_serve.async_copy import to_device
-from oss_serve.engine.page_table import PageTableMirror
+from oss_serve.attention.paged import BatchLayout, PagedAttentionBackend, PagedBatch, PagedKVCache
+from oss_serve.engine.page_table import PageTableMirror, TableUpdates
 from oss_serve.engine.scheduler import ScheduledSeq
 
 
 @dataclass(frozen=True)
 class PendingInputs:
     """Input tokens that the previous step drew and the host has not read yet (overlapped schedule):
-    entries `rows` of this step's input ids are entries `sources` of the previous step's tokens."""
+    entries `rows` of this step's input ids are entries `sources` of that step's `num_drawn` draws."""
     rows: list[int]
     sources: list[int]
-    tokens: torch.Tensor
+    num_drawn: int
 
-    def fill(self, input_ids: torch.Tensor) -> None:
+    def fill(self, input_ids: torch.Tensor, drawn: torch.Tensor) -> None:
         """On the device, queued behind the previous step's sampling."""
         device = input_ids.device
-        input_ids[to_device(self.rows, torch.int64, device)] = self.tokens[to_device(self.sources, torch.int64, device)]
+        input_ids[to_device(self.rows, torch.int64, device)] = drawn[to_device(self.sources, torch.int64, device)]
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """One forward as host data (what rank 0 sends tensor-parallel workers)."""
+    table_updates: TableUpdates  # page-table entries new since the last step
+    columns: torch.Tensor  # int64 [4, T]: each new token's id (PENDING_TOKEN if pending), position, two KV slots
+    table_rows: list[int]  # each sequence's row of the page-table mirror
+    layout: BatchLayout
+    logit_rows: list[int]  # token rows whose logits the step returns
+    pending: PendingInputs | None
+    graphed: bool  # one token per sequence, replayed from a captured CUDA graph
 
 
 class ModelRunner:
     def __init__(self, model: torch.nn.Module, cache: PagedKVCache, device: torch.device, attention_backend: str,
-                 max_running_requests: int, max_pages_per_seq: int) -> None:
+                 max_running_requests: int, max_pages_per_seq: int, returns_logits: bool = True) -> None:
         self.model = model
         self.cache = cache
         self.device = device
         self.page_size = cache.page_size
         self.backend = PagedAttentionBackend(cache, use_triton=attention_backend != "torch")
         self.page_tables = PageTableMirror(max_running_requests, max_pages_per_seq, device)
+        self.returns_logits = returns_logits  # False on tensor-parallel workers: rank 0 samples
         self.graphs = None  # DecodeGraphs once enable_cuda_graphs() ran
 
-    def _token_columns(self, batch: list[ScheduledSeq]) -> tuple[list[int], list[int], list[int], list[int]]:
+    def _token_columns(self, batch: list[ScheduledSeq]) -> list[list[int]]:
         """Per new token: its id, position, and KV slot (page * page_size + offset) in the full and sliding pools."""
         ps = self.page_size
         input_ids: list[int] = []
@@ -61,69 +76,58 @@ class ModelRunner:
                 sliding_slots.extend((torch.tensor(sliding[first:last + 1])[logical] * ps + offset).tolist())
             else:
                 sliding_slots.extend(offset.tolist())
-        return input_ids, positions, full_slots, sliding_slots
+        return [input_ids, positions, full_slots, sliding_slots]
 
-    def decode_inputs(self, batch: list[ScheduledSeq]) -> torch.Tensor:
-        """A one-token-per-sequence step as a CUDA graph takes it: int64 [5, n] host rows of token, position,
-        full slot, sliding slot and page-table row."""
-        return torch.tensor([*self._token_columns(batch), [seq.request.table_row for seq in batch]], dtype=torch.long)
-
-    def _prepare(self, batch: list[ScheduledSeq]) -> tuple[torch.Tensor, torch.Tensor, PagedBatch]:
-        input_ids, positions, full_slots, sliding_slots = self._token_columns(batch)
-        q_lens = [seq.num_new_tokens for seq in batch]
-        seq_lens = [seq.request.num_computed + seq.num_new_tokens for seq in batch]
-        full_table, sliding_table = self.page_tables.gather(
-            [seq.request.table_row for seq in batch], max(-(-n // self.page_size) for n in seq_lens))
-        cu = [0]
-        for n in q_lens:
-            cu.append(cu[-1] + n)
-        # Host tensors but the tables (already on the device); `_to_device` moves the rest.
-        paged = PagedBatch(
-            cu_q_lens=torch.tensor(cu, dtype=torch.int32), seq_lens=torch.tensor(seq_lens, dtype=torch.int32),
-            full_page_table=full_table, sliding_page_table=sliding_table,
-            full_slots=torch.tensor(full_slots, dtype=torch.long),
-            sliding_slots=torch.tensor(sliding_slots, dtype=torch.long),
-            layout=BatchLayout(tuple(q_lens), tuple(seq_lens), tuple(cu[:-1])),
-        )
-        return torch.tensor(input_ids, dtype=torch.long), torch.tensor(positions, dtype=torch.long), paged
-
-    def _to_device(self, input_ids: torch.Tensor, positions: torch.Tensor, paged: PagedBatch
-                   ) -> tuple[torch.Tensor, torch.Tensor, PagedBatch]:
-        device = self.device
-        if device.type == "cpu":
-            return input_ids, positions, paged
-        moved = PagedBatch(to_device(paged.cu_q_lens, torch.int32, device),
-                           to_device(paged.seq_lens, torch.int32, device),
-                           paged.full_page_table, paged.sliding_page_table,
-                           to_device(paged.full_slots, torch.int64, device),
-                           to_device(paged.sliding_slots, torch.int64, device), paged.layout)
-        return to_device(input_ids, torch.int64, device), to_device(positions, torch.int64, device), moved
+    def plan(self, batch: list[ScheduledSeq], sample_rows: list[int], pending: PendingInputs | None) -> StepPlan:
+        """The step's plan; the logits it returns are those of the batch entries listed in `sample_rows`."""
+        q_lens = tuple(seq.num_new_tokens for seq in batch)
+        starts = [0] * len(batch)
+        for i in range(1, len(batch)):
+            starts[i] = starts[i - 1] + q_lens[i - 1]
+        layout = BatchLayout(q_lens, tuple(seq.request.num_computed + seq.num_new_tokens for seq in batch),
+                             tuple(starts))
+        graphed = (self.graphs is not None and all(n == 1 for n in q_lens) and self.graphs.fits(len(batch)))
+        return StepPlan(self.page_tables.updates([seq.request for seq in batch]),
+                        torch.tensor(self._token_columns(batch), dtype=torch.long),
+                        [seq.request.table_row for seq in batch], layout,
+                        [starts[i] + q_lens[i] - 1 for i in sample_rows], pending, graphed)
 
     def enable_cuda_graphs(self, max_batch_size: int) -> None:
         from oss_serve.engine.cuda_graph import DecodeGraphs
 
-        self.graphs = DecodeGraphs(self.model, self.cache, self.page_tables, max_batch_size, self.device)
+        self.graphs = DecodeGraphs(self.model, self.cache, self.page_tables, max_batch_size, self.device,
+                                   self.returns_logits)
+
+    def forward(self, batch: list[ScheduledSeq], sample_rows: list[int], pending: PendingInputs | None = None,
+                drawn: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Queue the batch; returns the logits [len(sample_rows), vocab], None if there are none. `drawn`: the
+        previous step's tokens on the device, if `pending` takes inputs from them."""
+        return self.execute(self.plan(batch, sample_rows, pending), drawn)
 
     @torch.inference_mode()
-    def forward(self, batch: list[ScheduledSeq], sample_rows: list[int], pending: PendingInputs | None = None
-                ) -> torch.Tensor | None:
-        """Queue the batch; returns the logits [len(sample_rows), vocab] of the batch entries listed in
-        `sample_rows` (those whose step computes their last known token), None if there are none. Graph
-        replays return a static buffer: sample it before the next forward."""
-        self.page_tables.sync([seq.request for seq in batch])
-        all_decode = all(seq.num_new_tokens == 1 for seq in batch)
-        if self.graphs is not None and all_decode and self.graphs.fits(len(batch)):
-            logits = self.graphs.replay(self.decode_inputs(batch), pending)
-            if len(sample_rows) < len(batch):  # else every row: no copy of [batch, vocab] floats
-                logits = logits[to_device(sample_rows, torch.int64, self.device)]
-        else:
-            input_ids, positions, paged = self._to_device(*self._prepare(batch))
-            if pending is not None:
-                pending.fill(input_ids)
-            self.backend.prepare(paged)
-            hidden = self.model.forward(input_ids, positions, self.backend)
-            if not sample_rows:
-                return None  # a step of prefill chunks only: no logits needed
-            last_token_rows = [paged.layout.q_starts[i] + paged.layout.q_lens[i] - 1 for i in sample_rows]
-            logits = self.model.compute_logits(hidden[to_device(last_token_rows, torch.int64, self.device)])
-        return logits
+    def execute(self, plan: StepPlan, drawn: torch.Tensor | None) -> torch.Tensor | None:
+        """Queue the plan's forward on this device. Graph replays return a static buffer: sample it before
+        the next forward."""
+        self.page_tables.apply(plan.table_updates)
+        device = self.device
+        if plan.graphed:
+            out = self.graphs.replay(plan.columns, plan.table_rows, plan.pending, drawn)
+            if not self.returns_logits:
+                return None
+            if len(plan.logit_rows) < len(plan.table_rows):  # else every row: no copy of [batch, vocab] floats
+                out = out[to_device(plan.logit_rows, torch.int64, device)]
+            return out
+        columns = to_device(plan.columns, torch.int64, device)
+        if plan.pending is not None:
+            plan.pending.fill(columns[0], drawn)
+        layout = plan.layout
+        full_table, sliding_table = self.page_tables.gather(
+            plan.table_rows, max(-(-n // self.page_size) for n in layout.seq_lens))
+        self.backend.prepare(PagedBatch(
+            cu_q_lens=to_device([*layout.q_starts, layout.q_starts[-1] + layout.q_lens[-1]], torch.int32, device),
+            seq_lens=to_device(layout.seq_lens, torch.int32, device), full_page_table=full_table,
+            sliding_page_table=sliding_table, full_slots=columns[2], sliding_slots=columns[3], layout=layout))
+        hidden = self.model.forward(columns[0], columns[1], self.backend)
+        if not plan.logit_rows or not self.returns_logits:
+            return None  # e.g. a step of prefill chunks only
+        return self.model.compute_logits(hidden[to_device(plan.logit_rows, torch.int64, device)])

@@ -8,7 +8,8 @@ a step's host work and copies grow with the batch alone; the step's tables are g
 Rows are the scheduler's (`Request.table_row`, held while the request runs). A row is rewritten from the
 start when it changes hands or its request's page lists were replaced (released, or taken from the
 prefix cache). Sliding pages given back outside the window keep their stale ids here: attention never
-reads a page outside its window.
+reads a page outside its window. Rank 0 works out which entries are new (`updates`, host data it sends
+to tensor-parallel workers); every rank writes them into its own mirror (`apply`).
 """
 from __future__ import annotations
 
@@ -19,6 +20,10 @@ import torch
 from oss_serve.async_copy import to_device
 from oss_serve.engine.radix_cache import NO_PAGE
 from oss_serve.engine.request import Request
+
+
+# (row, column, page) triples, flattened, for the full and the sliding tables.
+TableUpdates = tuple[list[int], list[int]]
 
 
 @dataclass
@@ -37,9 +42,9 @@ class PageTableMirror:
         self.sliding = torch.zeros(num_rows, max_pages, dtype=torch.int32, device=device)
         self._rows: list[_MirroredRow | None] = [None] * num_rows
 
-    def sync(self, requests: list[Request]) -> None:
-        """Write every page these requests gained since they were last synced."""
-        full_updates: list[int] = []  # row, column, page triples, flattened
+    def updates(self, requests: list[Request]) -> TableUpdates:
+        """The entries these requests gained since they were last planned (host bookkeeping, rank 0's)."""
+        full_updates: list[int] = []
         sliding_updates: list[int] = []
         for request in requests:
             row = request.table_row
@@ -54,10 +59,14 @@ class PageTableMirror:
                 page = sliding[column]
                 sliding_updates += (row, column, page if page != NO_PAGE else 0)
             mirrored.num_full, mirrored.num_sliding = len(full), len(sliding)
-        for table, updates in ((self.full, full_updates), (self.sliding, sliding_updates)):
-            if updates:
-                triples = to_device(updates, torch.int64, table.device).view(-1, 3)
-                table[triples[:, 0], triples[:, 1]] = triples[:, 2].to(torch.int32)
+        return full_updates, sliding_updates
+
+    def apply(self, updates: TableUpdates) -> None:
+        """Write them into the device tables (every tensor-parallel rank applies rank 0's updates)."""
+        for table, triples in zip((self.full, self.sliding), updates):
+            if triples:
+                entries = to_device(triples, torch.int64, table.device).view(-1, 3)
+                table[entries[:, 0], entries[:, 1]] = entries[:, 2].to(torch.int32)
 
     def gather(self, rows: list[int], num_pages: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The full and sliding page tables [len(rows), num_pages] of these rows (device tensors)."""
