@@ -68,6 +68,7 @@ def test_special_ids_match_the_library(harmony_encoding) -> None:
         assert harmony_encoding.is_special_token(token_id)
         assert special_token_name(token_id) == harmony_encoding.decode([token_id])
     assert stop_token_ids_for_assistant() == [harmony_ids.RETURN, harmony_ids.CALL]
+    assert harmony_encoding.encode("assistant") == [harmony_ids.ASSISTANT]
 
 
 def test_find_vocab_dir_prefers_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, vocab_file: Path) -> None:

@@ -101,7 +101,7 @@ class HarmonyOutputParser:
 
     def start_assistant_reply(self, prefill_ids: Sequence[int] = ()) -> list[ParseEvent]:
         """Put the parser where the prompt leaves the model: inside `<|start|>assistant`."""
-        return self.feed([harmony_ids.START, *self._encoding.encode("assistant"), *prefill_ids])
+        return self.feed([harmony_ids.START, harmony_ids.ASSISTANT, *prefill_ids])
 
     def feed(self, token_ids: Iterable[int]) -> list[ParseEvent]:
         events: list[ParseEvent] = []

@@ -55,7 +55,7 @@ def continuation_ids(generated: list[int], tool_message: Message) -> list[int]:
         call[-1] = harmony_ids.CALL
     elif not call or call[-1] != harmony_ids.CALL:
         call.append(harmony_ids.CALL)
-    return call + encoding.render(tool_message) + [harmony_ids.START, *encoding.encode("assistant")]
+    return call + encoding.render(tool_message) + [harmony_ids.START, harmony_ids.ASSISTANT]
 
 
 def limit_message(recipient: str, max_tool_calls: int) -> ToolResult:
