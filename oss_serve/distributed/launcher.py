@@ -98,7 +98,7 @@ class TensorParallelLeader:
         """Rank 0's runner; the workers build theirs from `layout`."""
         self.send(layout)
         return TensorParallelRunner(model, cache, device, attention_backend, layout.num_table_rows,
-                                    layout.max_pages_per_seq, leader=self)
+                                    layout.max_pages_per_seq, self)
 
     def shutdown(self) -> None:
         """Stop the workers (on every node) and leave the group. Safe to call twice."""

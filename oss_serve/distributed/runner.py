@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from oss_serve.attention.paged import PagedKVCache
 from oss_serve.distributed.messages import CaptureGraphs
 from oss_serve.engine.model_runner import ModelRunner, PendingInputs
 from oss_serve.engine.scheduler import ScheduledSeq
@@ -18,8 +19,9 @@ class TensorParallelRunner(ModelRunner):
     the same forward and meet at the same all-reduces. Sampling stays on rank 0; tokens the plan takes
     from the device (overlapped schedule) are broadcast from rank 0's draws, device to device."""
 
-    def __init__(self, *args, leader: TensorParallelLeader) -> None:
-        super().__init__(*args)
+    def __init__(self, model: torch.nn.Module, cache: PagedKVCache, device: torch.device, attention_backend: str,
+                 max_running_requests: int, max_pages_per_seq: int, leader: TensorParallelLeader) -> None:
+        super().__init__(model, cache, device, attention_backend, max_running_requests, max_pages_per_seq)
         self.leader = leader
 
     def forward(self, batch: list[ScheduledSeq], sample_rows: list[int], pending: PendingInputs | None = None,

@@ -16,8 +16,8 @@ import torch
 from oss_serve.attention.paged import PagedKVCache
 from oss_serve.distributed.group import TensorParallelGroup
 from oss_serve.distributed.messages import CaptureGraphs, RunnerLayout, Stop
-from oss_serve.engine.model_runner import ModelRunner, StepPlan
 from oss_serve.distributed.topology import Topology
+from oss_serve.engine.model_runner import ModelRunner, StepPlan
 from oss_serve.model.loader import load_model
 from oss_serve.model.parallel import TensorParallelShard, attach_all_reduces
 from oss_serve.server_args import ServerArgs

@@ -4,6 +4,7 @@ only; `execute` runs a plan on this process's device. Under tensor parallelism e
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import accumulate
 
 import torch
 
@@ -81,12 +82,9 @@ class ModelRunner:
     def plan(self, batch: list[ScheduledSeq], sample_rows: list[int], pending: PendingInputs | None) -> StepPlan:
         """The step's plan; the logits it returns are those of the batch entries listed in `sample_rows`."""
         q_lens = tuple(seq.num_new_tokens for seq in batch)
-        starts = [0] * len(batch)
-        for i in range(1, len(batch)):
-            starts[i] = starts[i - 1] + q_lens[i - 1]
-        layout = BatchLayout(q_lens, tuple(seq.request.num_computed + seq.num_new_tokens for seq in batch),
-                             tuple(starts))
-        graphed = (self.graphs is not None and all(n == 1 for n in q_lens) and self.graphs.fits(len(batch)))
+        starts = tuple(accumulate(q_lens, initial=0))[:-1]
+        layout = BatchLayout(q_lens, tuple(seq.request.num_computed + seq.num_new_tokens for seq in batch), starts)
+        graphed = self.graphs is not None and all(n == 1 for n in q_lens) and self.graphs.fits(len(batch))
         return StepPlan(self.page_tables.updates([seq.request for seq in batch]),
                         torch.tensor(self._token_columns(batch), dtype=torch.long),
                         [seq.request.table_row for seq in batch], layout,
