@@ -27,12 +27,21 @@ serve() {  # name, extra flags...; waits for the ready line
     echo "server $name did not start"; tail -30 "$out_dir/server_$name.log"; return 1
 }
 stop() { kill $server_pid 2>/dev/null; wait $server_pid 2>/dev/null; }
+api_cpu_s() {  # CPU seconds of the server's API process (the engine is its child) so far
+    awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$server_pid/stat" 2>/dev/null || echo 0
+}
 bench() {  # label, input len, output len, prompts, concurrency
     echo "== $1: in $2 out $3 prompts $4 concurrency $5"
+    local cpu_before started
+    cpu_before=$(api_cpu_s); started=$(date +%s.%N)
     timeout 120 python3 -m oss_serve.bench_serving --backend sglang-oai --port 30000 --tokenizer "$model" \
         --model gpt-oss-20b --dataset-name random --random-input-len "$2" --random-output-len "$3" \
         --random-range-ratio 1 --num-prompts "$4" --max-concurrency "$5" --output-file "$out_dir/bench.jsonl" \
         2>&1 | grep -E "Successful|Benchmark duration|Output token throughput|Total token throughput|Mean TPOT|Median TPOT|Mean TTFT|failed|Error" 
+    # A busy API process (one Python thread) would cap the throughput above: how busy it was.
+    awk -v cpu="$(awk -v a="$cpu_before" -v b="$(api_cpu_s)" 'BEGIN {print b - a}')" \
+        -v wall="$(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN {print b - a}')" \
+        'BEGIN {printf "API process CPU %.1f s in %.1f s (%.0f%% of one core, client start-up included)\n", cpu, wall, 100 * cpu / wall}'
 }
 
 if serve fast --kv-cache-dtype fp8_e4m3; then
