@@ -27,6 +27,7 @@ if python3 -c "import pytest" 2>/dev/null; then
     timeout 90 python3 -m pytest -q -x -p no:cacheprovider -W ignore \
         tests/test_kernels_attention.py tests/test_kernels_moe.py tests/test_kernels_rms_norm.py \
         tests/test_kernels_rope_store_kv.py tests/test_kernels_router_topk.py tests/test_kernels_token_mask.py \
+        tests/test_kernels_skinny_linear.py \
         2>&1 | tail -8 | tee -a "$summary"
 else
     echo "== pytest not installed: kernel test files skipped (gpu_kernels.py still checks correctness)" \

@@ -30,6 +30,10 @@ from oss_serve.kernels.moe_mxfp4_decode import DEFAULT_DECODE_TILES, DecodeTiles
 from oss_serve.kernels.paged_attention import paged_attention, paged_attention_reference  # noqa: E402
 from oss_serve.kernels.rms_norm import rms_norm, rms_norm_reference  # noqa: E402
 from oss_serve.kernels.rope_store_kv import rope_store_kv, rope_store_kv_reference  # noqa: E402
+from oss_serve.kernels.skinny_linear import BLOCK_K as SKINNY_BLOCK_K  # noqa: E402
+from oss_serve.kernels.skinny_linear import BLOCK_N as SKINNY_BLOCK_N  # noqa: E402
+from oss_serve.kernels.skinny_linear import MAX_ROWS as SKINNY_MAX_ROWS  # noqa: E402
+from oss_serve.kernels.skinny_linear import skinny_linear  # noqa: E402
 from oss_serve.model.moe import TorchExperts  # noqa: E402
 from oss_serve.model.mxfp4 import dequantize_mxfp4  # noqa: E402
 
@@ -40,6 +44,9 @@ PAGE_SIZE = 16
 DEVICE = "cuda"
 
 SMOKE = False  # --smoke: tiny shapes on CPU under TRITON_INTERPRET=1, to check this script itself
+
+# (block_n, block_k) of the small-batch linear kernel, timed besides its default at batch 1.
+LINEAR_BLOCK_SWEEP = [(8, 256), (32, 256), (16, 128), (16, 512), (64, 128)]
 
 LINES: list[str] = []
 RESULTS: list[dict] = []
@@ -67,17 +74,30 @@ def graph_bench_ms(fn) -> float:
     return do_bench_cudagraph(fn, rep=40)
 
 
-def linear_case(name: str, out_features: int, in_features: int, bias: bool, num_tokens: int) -> None:
-    """cuBLAS (F.linear, bf16) at a decode shape of the model, graph-replayed: the weight bytes it moves per
-    microsecond says whether a hand-written small-batch kernel could win (the batch-1 step spends ~0.7 ms
-    in these)."""
+def linear_case(name: str, out_features: int, in_features: int, bias: bool, num_tokens: int,
+                blocks: list[tuple[int, int]] | None = None) -> None:
+    """cuBLAS (F.linear, bf16) at a decode shape of the model, graph-replayed, as the weight bytes it moves per
+    microsecond (the batch-1 step spent ~0.7 ms in these); up to MAX_ROWS tokens also the small-batch kernel
+    (kernels/skinny_linear.py) with its default blocks and each of `blocks` (block_n, block_k), checked
+    against cuBLAS. ratio = cuBLAS time / kernel time (the engine takes the kernel above 1.15)."""
     generator = torch.Generator(device=DEVICE).manual_seed(0)
     weight = torch.randn(out_features, in_features, device=DEVICE, dtype=torch.bfloat16, generator=generator)
+    weight /= in_features ** 0.5
     b = torch.randn(out_features, device=DEVICE, dtype=torch.bfloat16, generator=generator) if bias else None
     x = torch.randn(num_tokens, in_features, device=DEVICE, dtype=torch.bfloat16, generator=generator)
     ms = graph_bench_ms(lambda: torch.nn.functional.linear(x, weight, b))
     report("linear", name=name, tokens=num_tokens, out_features=out_features, in_features=in_features, ms=ms,
            weight_GBps=weight.numel() * 2 / ms / 1e6)
+    if num_tokens > SKINNY_MAX_ROWS:
+        return
+    expected = torch.nn.functional.linear(x.float(), weight.float(), None if b is None else b.float())
+    for block_n, block_k in [(SKINNY_BLOCK_N, SKINNY_BLOCK_K), *(blocks or [])]:
+        def run(n: int = block_n, k: int = block_k) -> torch.Tensor:
+            return skinny_linear(x, weight, b, block_n=n, block_k=k)
+        error = (run().float() - expected).abs().max().item()
+        skinny_ms = graph_bench_ms(run)
+        report("linear skinny", name=name, tokens=num_tokens, block_n=block_n, block_k=block_k, ms=skinny_ms,
+               weight_GBps=weight.numel() * 2 / skinny_ms / 1e6, ratio=ms / skinny_ms, max_abs_error=error)
 
 
 def length(n: int) -> int:
@@ -412,12 +432,13 @@ def main() -> None:
         ("rmsnorm", lambda: [rms_norm_case(length(n)) for n in (1, 256, 4096)]),
         ("rope+store", lambda: [rope_store_case(length(n), d) for n in (1, 256, 4096)
                                 for d in (torch.bfloat16, torch.float8_e4m3fn)]),
-        ("linear cublas", lambda: [linear_case(name, n, k, bias, t)
-                                  for name, n, k, bias in (("qkv", (HEADS + 2 * KV_HEADS) * HEAD_DIM, HIDDEN, True),
-                                                           ("o_proj", HIDDEN, HEADS * HEAD_DIM, True),
-                                                           ("router", EXPERTS, HIDDEN, True),
-                                                           ("lm_head", 201088 if not SMOKE else 512, HIDDEN, False))
-                                  for t in (1, 4, 64)]),
+        ("linear cublas and skinny", lambda: [
+            linear_case(name, n, k, bias, t, LINEAR_BLOCK_SWEEP if name in ("qkv", "o_proj") and t == 1 else None)
+            for name, n, k, bias in (("qkv", (HEADS + 2 * KV_HEADS) * HEAD_DIM, HIDDEN, True),
+                                     ("o_proj", HIDDEN, HEADS * HEAD_DIM, True),
+                                     ("router", EXPERTS, HIDDEN, True),
+                                     ("lm_head", 201088 if not SMOKE else 512, HIDDEN, False))
+            for t in (1, 4, 64)]),
         ("moe setup", moe_setup),
         ("moe correctness", lambda: moe_correctness(experts)),
         ("moe dense torch setup", moe_dense_setup),

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from oss_serve.kernels.router_topk import router_topk
+from oss_serve.kernels.skinny_linear import linear
 from oss_serve.model.config import ModelConfig
 
 
@@ -18,7 +19,7 @@ class Router(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns expert ids [T, k] and their fp32 weights [T, k] (softmax over the chosen k only)."""
-        return router_topk(nn.functional.linear(x, self.weight, self.bias), self.top_k)
+        return router_topk(linear(x, self.weight, self.bias), self.top_k)
 
 
 def swiglu_clamped(gate_up: torch.Tensor, limit: float, alpha: float) -> torch.Tensor:
