@@ -69,11 +69,17 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 def _faster_than_cublas(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     def elapsed_ms(fn) -> float:
+        # Replayed from a CUDA graph, as decode steps run: timed back to back from Python, a kernel this
+        # short would measure its launch (Triton's costs more than cuBLAS's) rather than itself.
         fn()  # compiles the kernel (once per shape) or warms cuBLAS up
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            for _ in range(_TIMING_REPEATS):
+                fn()
+        graph.replay()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        for _ in range(_TIMING_REPEATS):
-            fn()
+        graph.replay()
         end.record()
         end.synchronize()
         return start.elapsed_time(end)
