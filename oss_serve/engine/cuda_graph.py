@@ -67,7 +67,7 @@ class DecodeGraphs:
         with torch.cuda.stream(stream):
             # Largest first, so that smaller graphs reuse its memory from the shared pool.
             for bs in reversed(self.sizes):
-                for _ in range(2):  # warm-up: Triton compiles and autotunes outside the capture
+                for _ in range(2):  # warm-up: Triton compiles, and small linears pick a kernel, outside the capture
                     self._forward(bs)
                 graph = torch.cuda.CUDAGraph()
                 # thread_local: under tensor parallelism NCCL's watchdog thread queries its events meanwhile.

@@ -34,10 +34,9 @@ class StepPlan:
     table_updates: TableUpdates  # page-table entries new since the last step
     columns: torch.Tensor  # int64 [4, T]: each new token's id (PENDING_TOKEN if pending), position, two KV slots
     table_rows: list[int]  # each sequence's row of the page-table mirror
-    layout: BatchLayout
+    layout: BatchLayout | None  # None: one token per sequence, replayed from a captured CUDA graph
     logit_rows: list[int]  # token rows whose logits the step returns
     pending: PendingInputs | None
-    graphed: bool  # one token per sequence, replayed from a captured CUDA graph
 
 
 class ModelRunner:
@@ -81,14 +80,15 @@ class ModelRunner:
 
     def plan(self, batch: list[ScheduledSeq], sample_rows: list[int], pending: PendingInputs | None) -> StepPlan:
         """The step's plan; the logits it returns are those of the batch entries listed in `sample_rows`."""
-        q_lens = tuple(seq.num_new_tokens for seq in batch)
-        starts = tuple(accumulate(q_lens, initial=0))[:-1]
-        layout = BatchLayout(q_lens, tuple(seq.request.num_computed + seq.num_new_tokens for seq in batch), starts)
-        graphed = self.graphs is not None and all(n == 1 for n in q_lens) and self.graphs.fits(len(batch))
-        return StepPlan(self.page_tables.updates([seq.request for seq in batch]),
-                        torch.tensor(self._token_columns(batch), dtype=torch.long),
-                        [seq.request.table_row for seq in batch], layout,
-                        [starts[i] + q_lens[i] - 1 for i in sample_rows], pending, graphed)
+        columns = torch.tensor(self._token_columns(batch), dtype=torch.long)
+        layout, logit_rows = None, sample_rows  # one token per sequence: a graph replay needs no more
+        if not (self.graphs is not None and columns.shape[1] == len(batch) and self.graphs.fits(len(batch))):
+            q_lens = tuple(seq.num_new_tokens for seq in batch)
+            starts = tuple(accumulate(q_lens, initial=0))[:-1]
+            layout = BatchLayout(q_lens, tuple(seq.request.num_computed + n for seq, n in zip(batch, q_lens)), starts)
+            logit_rows = [starts[i] + q_lens[i] - 1 for i in sample_rows]
+        return StepPlan(self.page_tables.updates([seq.request for seq in batch]), columns,
+                        [seq.request.table_row for seq in batch], layout, logit_rows, pending)
 
     def enable_cuda_graphs(self, max_batch_size: int) -> None:
         from oss_serve.engine.cuda_graph import DecodeGraphs
@@ -108,7 +108,7 @@ class ModelRunner:
         the next forward."""
         self.page_tables.apply(plan.table_updates)
         device = self.device
-        if plan.graphed:
+        if plan.layout is None:
             out = self.graphs.replay(plan.columns, plan.table_rows, plan.pending, drawn)
             if not self.returns_logits:
                 return None

@@ -75,7 +75,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn: AttentionBackend) -> torch.Tensor:
         T = x.shape[0]
         qkv = linear(x, self.qkv_weight, self.qkv_bias).view(T, self.num_heads + 2 * self.num_kv_heads,
-                                                              self.head_dim)
+                                                             self.head_dim)
         q, k, v = qkv.split([self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=1)
         out = attn.forward(self.layer_id, q, k, v, cos, sin, self.sinks, self.window, self.scale)
         return self.o_proj(out.reshape(T, self.num_heads * self.head_dim))
