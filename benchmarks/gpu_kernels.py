@@ -46,7 +46,7 @@ DEVICE = "cuda"
 SMOKE = False  # --smoke: tiny shapes on CPU under TRITON_INTERPRET=1, to check this script itself
 
 # (block_n, block_k) of the small-batch linear kernel, timed besides its default at batch 1.
-LINEAR_BLOCK_SWEEP = [(8, 256), (32, 256), (16, 128), (16, 512), (64, 128)]
+LINEAR_BLOCK_SWEEP = [(32, 256), (64, 128), (16, 512)]
 
 LINES: list[str] = []
 RESULTS: list[dict] = []
