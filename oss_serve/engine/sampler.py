@@ -61,15 +61,15 @@ def _apply_penalties(logits: torch.Tensor, requests: list[Request]) -> None:
     for row, request in enumerate(requests):
         params = request.params
         if params.repetition_penalty != 1.0:
-            seen = torch.tensor(sorted(set(request.token_ids)), dtype=torch.long, device=logits.device)
+            seen = to_device(sorted(set(request.token_ids)), torch.int64, logits.device)
             values = logits[row, seen]
             logits[row, seen] = torch.where(values > 0, values / params.repetition_penalty,
                                             values * params.repetition_penalty)
         if params.frequency_penalty or params.presence_penalty:
             counts = request.output_counts or {}
             if counts:
-                ids = torch.tensor(list(counts.keys()), dtype=torch.long, device=logits.device)
-                freq = torch.tensor(list(counts.values()), dtype=logits.dtype, device=logits.device)
+                ids = to_device(list(counts.keys()), torch.int64, logits.device)
+                freq = to_device(list(counts.values()), logits.dtype, logits.device)
                 logits[row, ids] -= params.frequency_penalty * freq + params.presence_penalty
 
 
