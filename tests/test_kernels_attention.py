@@ -107,4 +107,3 @@ def test_empty_batches() -> None:
 
 def test_sequence_without_new_tokens_between_others() -> None:
     check(make_batch([3, 0, 2], [3, 7, 9], page_size=4, sliding_window=3))
-

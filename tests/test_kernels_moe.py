@@ -179,4 +179,3 @@ def test_reference_matches_dense_torch_experts() -> None:
     x = torch.randn(9, 96)
     torch.testing.assert_close(moe_mxfp4_reference(x, ids.cpu(), weights.cpu(), **experts),
                                dense(x, ids.cpu(), weights.cpu()), atol=1e-5, rtol=1e-5)
-

@@ -21,4 +21,3 @@ def test_matches_reference(num_rows: int, hidden: int, dtype: torch.dtype, tol: 
     expected_normed, expected_summed = rms_norm_reference(x, weight, 1e-5, residual)
     torch.testing.assert_close(summed, expected_summed, atol=tol, rtol=tol)
     torch.testing.assert_close(normed, expected_normed, atol=tol, rtol=tol)
-

@@ -42,4 +42,3 @@ def test_bf16_and_skipped_slots() -> None:
 @pytest.mark.parametrize("cache_dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
 def test_fp8_cache_saturates(cache_dtype: torch.dtype) -> None:
     run_both(6, torch.bfloat16, cache_dtype, [0, 5, 6, 11, -1, 19], scale=300.0)
-

@@ -53,4 +53,3 @@ def test_nan_logits_never_give_an_invalid_expert() -> None:
     ids, _ = router_topk(logits.to(DEVICE), 4)
     assert 5 not in ids[0].tolist()
     assert ids[1].tolist() == [0, 1, 2, 3]
-

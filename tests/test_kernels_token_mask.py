@@ -61,4 +61,3 @@ def test_step_masks_apply_packed_bits() -> None:
     assert torch.equal(got[[0, 2]], want[[0, 2]])
     assert got[1].argmax() == 5 and torch.isneginf(got[1]).sum() == vocab - 1
     assert torch.isneginf(got[3, [7, 9]]).all() and torch.isfinite(got[3]).sum() == vocab - 2
-
