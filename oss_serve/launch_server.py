@@ -75,7 +75,7 @@ def build_state(args: ServerArgs, engine: Any) -> ServingState:
     """Handler state from a started engine (its tokenizer, context length, sampling defaults)."""
     info = engine.info
     return ServingState(server_args=args, engine=engine, generator=Generator(engine), tokenizer=engine.tokenizer,
-                        context_length=info.context_length, model_name=args.model_name,
+                        context_length=info.context_length, model_name=args.model_name, vocab_size=info.vocab_size,
                         default_params=info.default_params)
 
 

@@ -25,6 +25,7 @@ from oss_serve.server_args import ServerArgs
 
 MODEL = "scripted-gpt-oss"
 CONTEXT_LENGTH = 4096
+VOCAB_SIZE = 201088  # o200k_harmony
 WEATHER_TOOL = {"type": "function", "function": {
     "name": "get_weather", "description": "Gets the weather",
     "parameters": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]}}}
@@ -97,7 +98,7 @@ def _app(encoding, script: str = REASONED_ANSWER, api_key: str | None = None):
     args = ServerArgs(model_path="/models/gpt-oss", served_model_name=MODEL, api_key=api_key, enable_metrics=True)
     state = ServingState(server_args=args, engine=engine, generator=Generator(engine),
                          tokenizer=HarmonyTextTokenizer(encoding), context_length=CONTEXT_LENGTH,
-                         model_name=MODEL, ready=True)
+                         model_name=MODEL, vocab_size=VOCAB_SIZE, ready=True)
     metrics = ServerMetrics(engine.stats)
     state.generator.observers.append(metrics)
     return build_app(state, metrics), engine
@@ -262,7 +263,7 @@ def test_completions_echo_logprobs_n_and_usage_chunk(harmony_encoding) -> None:
     ("/v1/chat/completions", {"messages": "nope"}, "messages"),
     ("/v1/chat/completions", {"messages": []}, "messages"),
     ("/v1/chat/completions", {"model": "gpt-4", "messages": [{"role": "user", "content": "x"}]}, "model"),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "max_tokens": 10**6}, "max_tokens"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "max_tokens": -1}, "max_tokens"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "tool_choice": "sometimes"},
      "tool_choice"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}],

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from oss_serve.api.responses.store import ResponseStore
-from test_api_scripted import MODEL, _app
+from test_api_scripted import MODEL, VOCAB_SIZE, _app
 
 ENDPOINTS = ["/v1/completions", "/v1/chat/completions", "/v1/responses", "/generate", "/separate_reasoning",
              "/parse_function_call"]
@@ -267,7 +267,7 @@ def test_queue_limit_refuses_with_503_and_retry_after_and_health_stays_up(harmon
     args = ServerArgs(model_path="/models/gpt-oss", served_model_name=MODEL, max_queued_requests=2)
     state = ServingState(server_args=args, engine=engine, generator=Generator(engine),
                          tokenizer=HarmonyTextTokenizer(harmony_encoding), context_length=4096, model_name=MODEL,
-                         ready=True)
+                         vocab_size=VOCAB_SIZE, ready=True)
     app = build_app(state)
 
     async def go() -> tuple[list[httpx.Response], httpx.Response, httpx.Response]:

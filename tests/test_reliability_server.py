@@ -65,7 +65,7 @@ def _routes() -> list[tuple[str, str]]:
         def stats(self) -> dict:
             return {}
 
-    app = build_app(ServingState(ServerArgs(model_path="m"), NoEngine(), None, None, 1, "m"), None)  # type: ignore[arg-type]
+    app = build_app(ServingState(ServerArgs(model_path="m"), NoEngine(), None, None, 1, "m", 1), None)  # type: ignore[arg-type]
     def flattened(routes: list) -> list:
         # Included routers appear as one entry wrapping their own routes (newer FastAPI).
         return [leaf for route in routes

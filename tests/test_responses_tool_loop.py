@@ -43,6 +43,7 @@ from test_tools_mcp import SERVER_SCRIPT, free_port, start_server, stop_server
 
 MODEL = "scripted-gpt-oss"
 CONTEXT_LENGTH = 8192
+VOCAB_SIZE = 201088  # o200k_harmony
 EVENT = TypeAdapter(ResponseStreamEvent)
 WEATHER = {"type": "function", "name": "get_weather", "description": "Gets the weather",
            "parameters": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]}}
@@ -114,7 +115,8 @@ def make_app(encoding: Any, scripts: list[str], tool_server: ToolServer | None =
     engine = ScriptedModelDouble(encoding, scripts)
     args = ServerArgs(model_path="/models/gpt-oss", served_model_name=MODEL, response_store=":memory:")
     state = ServingState(server_args=args, engine=engine, generator=Generator(engine), tokenizer=None,  # type: ignore[arg-type]
-                         context_length=CONTEXT_LENGTH, model_name=MODEL, ready=True)
+                         context_length=CONTEXT_LENGTH, model_name=MODEL, vocab_size=VOCAB_SIZE,
+                         ready=True)
     app = build_app(state)
     # The route set is the real one; the service gets the test's tools (started here) and store.
     app.state.responses.tool_server = tool_server

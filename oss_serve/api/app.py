@@ -4,7 +4,7 @@ from __future__ import annotations
 import hmac
 from typing import Any, Callable
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -23,6 +23,7 @@ from oss_serve.api.protocol import (
 )
 from oss_serve.api.responses.routes import install_responses_api
 from oss_serve.api.state import ServingState
+from oss_serve.api.unicode_check import refuse_lone_surrogates
 
 OPEN_ROUTES = frozenset({"/health"})
 # Routes that submit engine requests; --max-queued-requests counts and limits these.
@@ -147,7 +148,8 @@ def _route_label(scope: Scope) -> str:
 
 
 def build_app(state: ServingState, metrics: ServerMetrics | None = None) -> FastAPI:
-    app = FastAPI(title="oss-serve", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="oss-serve", docs_url=None, redoc_url=None, openapi_url=None,
+                  dependencies=[Depends(refuse_lone_surrogates)])
     app.state.serving = state
     install_error_handlers(app)
     install_responses_api(app, state)

@@ -18,7 +18,7 @@ from oss_serve.api.chat_conversation import ChatPrompt, build_chat_prompt
 from oss_serve.api.engine_client import collect_until_disconnected
 from oss_serve.api.errors import APIError
 from oss_serve.api.protocol import ChatCompletionRequest
-from oss_serve.api.sampling import MAX_TOP_LOGPROBS, build_sampling_params, resolve_max_new_tokens
+from oss_serve.api.sampling import build_sampling_params, resolve_max_new_tokens
 from oss_serve.api.sse import ending_with_done, sse_data
 from oss_serve.api.state import ServingState, TextTokenizer, new_id
 from oss_serve.api.usage import make_usage
@@ -146,9 +146,6 @@ def _new_choice(prompt: ChatPrompt, request: ChatCompletionRequest) -> _ChatChoi
 async def create_chat_completion(request: ChatCompletionRequest, http_request: Request,
                                  state: ServingState) -> Response:
     state.check_model(request.model)
-    if request.top_logprobs is not None and not 0 <= request.top_logprobs <= MAX_TOP_LOGPROBS:
-        raise APIError(f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {request.top_logprobs}.",
-                       param="top_logprobs")
     prompt = build_chat_prompt(request)
     max_tokens_param = "max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens"
     max_new_tokens = resolve_max_new_tokens(
@@ -156,8 +153,9 @@ async def create_chat_completion(request: ChatCompletionRequest, http_request: R
         else request.max_tokens, state.context_length, prompt_param="messages", max_tokens_param=max_tokens_param)
     completion_id = new_id("chatcmpl-")
     jobs: list[tuple[list[int], SamplingParams, str]] = []
-    for choice_number in range(max(request.n, 1)):
-        params = build_sampling_params(request, state.default_params, max_new_tokens=max_new_tokens, seed_offset=choice_number,
+    for choice_number in range(request.n):
+        params = build_sampling_params(request, state.default_params, max_new_tokens=max_new_tokens,
+                                       vocab_size=state.vocab_size, seed_offset=choice_number,
                                        logprobs=request.logprobs, top_logprobs=request.top_logprobs or 0,
                                        extra_stop_token_ids=stop_token_ids_for_assistant(),
                                        skip_special_tokens=False)

@@ -13,7 +13,7 @@ from openai.types.completion_choice import Logprobs
 from oss_serve.api.engine_client import collect_until_disconnected
 from oss_serve.api.errors import APIError
 from oss_serve.api.protocol import CompletionRequest
-from oss_serve.api.sampling import MAX_TOP_LOGPROBS, build_sampling_params, resolve_max_new_tokens
+from oss_serve.api.sampling import build_sampling_params, check_fan_out, check_prompt_ids, resolve_max_new_tokens
 from oss_serve.api.sse import ending_with_done, sse_data
 from oss_serve.api.state import ServingState, TextTokenizer, new_id
 from oss_serve.api.stream_totals import StreamTotals
@@ -29,19 +29,30 @@ class _Choice(StreamTotals):
     echo_text: str
 
 
-def _prompts(request: CompletionRequest, tokenizer: TextTokenizer) -> list[tuple[list[int], str]]:
-    """(prompt ids, prompt text for echo) for each prompt of the request."""
+def _prompt_batch(request: CompletionRequest) -> list[str] | list[list[int]]:
+    """The request's prompts as a list, checked for size before any is tokenized."""
     prompt = request.prompt
-    if isinstance(prompt, str):
-        return [(tokenizer.encode(prompt), prompt)]
-    if not prompt:
+    if isinstance(prompt, str) or (prompt and all(isinstance(item, int) for item in prompt)):
+        prompts = [prompt]
+    else:
+        prompts = list(prompt)
+    if not prompts:
         raise APIError("prompt is empty.", param="prompt")
-    if all(isinstance(item, str) for item in prompt):
-        return [(tokenizer.encode(text), text) for text in prompt]  # type: ignore[arg-type]
-    if all(isinstance(item, int) for item in prompt):
-        ids = list(prompt)  # type: ignore[arg-type]
-        return [(ids, tokenizer.decode(ids))]
-    return [(list(ids), tokenizer.decode(ids)) for ids in prompt]  # type: ignore[union-attr]
+    check_fan_out(len(prompts), request.n, "prompt")
+    return prompts  # type: ignore[return-value]
+
+
+def _prompts(request: CompletionRequest, tokenizer: TextTokenizer, vocab_size: int) -> list[tuple[list[int], str]]:
+    """(prompt ids, prompt text for echo) for each prompt of the request."""
+    prompts = []
+    for index, prompt in enumerate(_prompt_batch(request)):
+        if isinstance(prompt, str):
+            prompts.append((tokenizer.encode(prompt), prompt))
+            continue
+        param = "prompt" if prompt is request.prompt else f"prompt[{index}]"
+        check_prompt_ids(prompt, vocab_size, param)
+        prompts.append((list(prompt), tokenizer.decode(prompt) if request.echo else ""))
+    return prompts
 
 
 def _completion_logprobs(entries: list[TokenLogprob], tokenizer: TextTokenizer, start_offset: int) -> Logprobs:
@@ -72,18 +83,18 @@ def _choice_object(index: int, text: str, logprobs: Logprobs | None, finish_reas
 async def create_completion(request: CompletionRequest, http_request: Request,
                             state: ServingState) -> Response:
     state.check_model(request.model)
-    if request.logprobs is not None and not 0 <= request.logprobs <= MAX_TOP_LOGPROBS:
-        raise APIError(f"logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {request.logprobs}.", param="logprobs")
-    if request.n < 1:
-        raise APIError(f"n must be >= 1, got {request.n}.", param="n")
+    if request.best_of is not None and request.best_of != request.n:
+        raise APIError(f"best_of ({request.best_of}) other than n ({request.n}) is not supported: every "
+                       "sequence generated is returned.", param="best_of")
     jobs: list[tuple[list[int], SamplingParams, str]] = []
     choices: list[_Choice] = []
     completion_id = new_id("cmpl-")
-    for prompt_ids, prompt_text in _prompts(request, state.tokenizer):
+    for prompt_ids, prompt_text in _prompts(request, state.tokenizer, state.vocab_size):
         max_new_tokens = resolve_max_new_tokens(len(prompt_ids), request.max_tokens, state.context_length,
                                                 prompt_param="prompt")
         for choice_number in range(request.n):
-            params = build_sampling_params(request, state.default_params, max_new_tokens=max_new_tokens, seed_offset=choice_number,
+            params = build_sampling_params(request, state.default_params, max_new_tokens=max_new_tokens,
+                                           vocab_size=state.vocab_size, seed_offset=choice_number,
                                            logprobs=request.logprobs is not None,
                                            top_logprobs=request.logprobs or 0,
                                            skip_special_tokens=request.skip_special_tokens)

@@ -51,9 +51,10 @@ class Generator:
                 for observer in self.observers:
                     observer.on_output(output, started_at=started_at, previous_at=previous_at)
                 previous_at = time.monotonic()
-                if output.error:  # the engine failed, not the request
+                if output.error:  # refused by the engine (400), failed in a step (500), or no engine (503)
                     finished = True
-                    raise APIError(f"The engine failed: {output.error}", status=503)
+                    message = f"The engine failed: {output.error}" if output.error_status == 503 else output.error
+                    raise APIError(message[:1].upper() + message[1:], status=output.error_status)
                 finished = output.finished
                 yield output
                 if finished:

@@ -12,7 +12,7 @@ from pydantic import TypeAdapter, ValidationError
 from oss_serve.api.engine_client import collect_until_disconnected
 from oss_serve.api.errors import APIError
 from oss_serve.api.protocol import GenerateRequest, ParseFunctionCallRequest, SeparateReasoningRequest
-from oss_serve.api.sampling import MAX_TOP_LOGPROBS, resolve_max_new_tokens
+from oss_serve.api.sampling import check_fan_out, check_prompt_ids, resolve_max_new_tokens, validated
 from oss_serve.api.sse import ending_with_done, sse_data
 from oss_serve.api.state import ServingState, new_id
 from oss_serve.api.stream_totals import StreamTotals
@@ -25,9 +25,11 @@ _SAMPLING_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
 _SAMPLING_ADAPTER = TypeAdapter(SamplingParams)
 
 
-def _sampling_params(fields: dict[str, Any], defaults: SamplingParams) -> SamplingParams:
-    """SGLang's `sampling_params` object; unknown keys are ignored as SGLang's own extras."""
-    known = {key: value for key, value in fields.items() if key in _SAMPLING_FIELDS}
+def _sampling_params(fields: dict[str, Any], defaults: SamplingParams, vocab_size: int) -> SamplingParams:
+    """SGLang's `sampling_params` object; unknown keys are ignored as SGLang's own extras, and null is
+    "not given" (for max_new_tokens, as in SGLang: up to the context)."""
+    known = {key: value for key, value in fields.items()
+             if key in _SAMPLING_FIELDS and (value is not None or key == "max_new_tokens")}
     if isinstance(known.get("stop"), str):
         known["stop"] = [known["stop"]]
     try:
@@ -38,11 +40,7 @@ def _sampling_params(fields: dict[str, Any], defaults: SamplingParams) -> Sampli
         raise APIError(f"sampling_params.{field_name}: {first['msg']}",
                        param=f"sampling_params.{field_name}") from None
     params = dataclasses.replace(defaults, **{key: getattr(checked, key) for key in known})
-    try:
-        params.validate()
-    except ValueError as error:
-        raise APIError(str(error), param=f"sampling_params.{str(error).split()[0]}") from None
-    return params
+    return validated(params, vocab_size, {name: f"sampling_params.{name}" for name in _SAMPLING_FIELDS})
 
 
 @dataclasses.dataclass
@@ -68,34 +66,45 @@ class _GenerateResult(StreamTotals):
         return {"text": self.text, "output_ids": self.token_ids, "meta_info": meta}
 
 
-async def generate(request: GenerateRequest, http_request: Request, state: ServingState) -> Response:
+def _generate_prompts(request: GenerateRequest, state: ServingState, n: int) -> tuple[list[list[int]], bool]:
+    """(prompt ids of each prompt, whether the request was a batch), checked before any is tokenized."""
     if (request.text is None) == (request.input_ids is None):
         raise APIError("Give exactly one of text and input_ids.", param="text")
+    param = "text" if request.text is not None else "input_ids"
     batched = isinstance(request.text, list) or (
         isinstance(request.input_ids, list) and bool(request.input_ids) and isinstance(request.input_ids[0], list))
+    given = request.text if request.text is not None else request.input_ids
+    prompts: list[Any] = given if batched else [given]  # type: ignore[assignment]
+    if not prompts:
+        raise APIError(f"{param} is an empty batch.", param=param)
+    check_fan_out(len(prompts), n, param)
     if request.text is not None:
-        texts = request.text if isinstance(request.text, list) else [request.text]
-        prompts = [state.tokenizer.encode(text) for text in texts]
-    else:
-        prompts = request.input_ids if batched else [request.input_ids]  # type: ignore[list-item]
+        return [state.tokenizer.encode(text) for text in prompts], batched
+    for index, ids in enumerate(prompts):
+        check_prompt_ids(ids, state.vocab_size, f"input_ids[{index}]" if batched else "input_ids")
+    return prompts, batched
+
+
+async def generate(request: GenerateRequest, http_request: Request, state: ServingState) -> Response:
+    params = _sampling_params(request.sampling_params, state.default_params, state.vocab_size)
+    n, params.n = params.n, 1  # n samples of a prompt run as n engine requests
+    prompts, batched = _generate_prompts(request, state, n)
     base_id = request.rid or new_id("")
-    params = _sampling_params(request.sampling_params, state.default_params)
     params.structured = generate_structured_output(request.sampling_params)
     if request.return_logprob:
-        if not 0 <= request.top_logprobs_num <= MAX_TOP_LOGPROBS:
-            raise APIError(f"top_logprobs_num must be in [0, {MAX_TOP_LOGPROBS}], got {request.top_logprobs_num}.",
-                           param="top_logprobs_num")
         params.logprobs, params.top_logprobs = True, request.top_logprobs_num
     token_text = (lambda token_id: state.tokenizer.decode([token_id])) if request.return_text_in_logprobs else None
     jobs = []
     results = []
-    for index, prompt_ids in enumerate(prompts):
+    for prompt_ids in prompts:
         budget = resolve_max_new_tokens(len(prompt_ids), params.max_new_tokens, state.context_length,
                                         prompt_param="text" if request.text is not None else "input_ids",
                                         max_tokens_param="sampling_params.max_new_tokens")
-        request_id = base_id if len(prompts) == 1 else f"{base_id}-{index}"
-        jobs.append((list(prompt_ids), dataclasses.replace(params, max_new_tokens=budget), request_id))
-        results.append(_GenerateResult(request_id, len(prompt_ids), with_logprobs=request.return_logprob))
+        for _ in range(n):
+            request_id = base_id if len(prompts) * n == 1 else f"{base_id}-{len(jobs)}"
+            jobs.append((list(prompt_ids), dataclasses.replace(params, max_new_tokens=budget), request_id))
+            results.append(_GenerateResult(request_id, len(prompt_ids), with_logprobs=request.return_logprob))
+    batched = batched or n > 1  # SGLang answers n > 1 with a list, n entries per prompt
 
     if request.stream:
         async def events() -> AsyncIterator[bytes]:

@@ -1,35 +1,57 @@
-"""Request fields -> engine SamplingParams, with the length checks against the context."""
+"""Request fields -> engine SamplingParams, with the checks against the context and the vocabulary."""
 from __future__ import annotations
 
-from oss_serve.api.errors import APIError
-from oss_serve.api.protocol import SamplingFields
-from oss_serve.engine.sampling_params import SamplingParams
+from typing import Mapping
 
-MAX_TOP_LOGPROBS = 20  # the OpenAI API's bound on top logprobs per token
+from oss_serve.api.errors import APIError
+from oss_serve.api.protocol import MAX_SEQUENCES_PER_REQUEST, SamplingFields
+from oss_serve.engine.sampling_params import INT64_MIN, InvalidRequest, SamplingParams, check_token_ids
 
 
 def resolve_max_new_tokens(prompt_tokens: int, max_tokens: int | None, context_length: int, *,
                            prompt_param: str, max_tokens_param: str = "max_tokens") -> int:
-    """The output budget; a 400 when the prompt or prompt + max_tokens do not fit."""
+    """The output budget: `max_tokens` clamped to what the context leaves after the prompt (as SGLang does;
+    the finish reason then says `length`). A 400 only when the prompt itself leaves no room."""
     if prompt_tokens == 0:
         raise APIError("The prompt is empty.", param=prompt_param)
     if prompt_tokens >= context_length:
         raise APIError(f"The prompt is {prompt_tokens} tokens long, but the context length is "
                        f"{context_length} tokens (it must leave room for at least one output token).",
                        param=prompt_param, code="context_length_exceeded")
-    if max_tokens is None:
-        return context_length - prompt_tokens
-    if max_tokens < 0:
+    if max_tokens is not None and max_tokens < 0:
         raise APIError(f"{max_tokens_param} must be >= 0, got {max_tokens}.", param=max_tokens_param)
-    if prompt_tokens + max_tokens > context_length:
-        raise APIError(f"{max_tokens_param} is {max_tokens} and the prompt is {prompt_tokens} tokens: "
-                       f"together {prompt_tokens + max_tokens}, past the context length of "
-                       f"{context_length} tokens.", param=max_tokens_param, code="context_length_exceeded")
-    return max_tokens
+    room = context_length - prompt_tokens
+    return room if max_tokens is None else min(max_tokens, room)
+
+
+def check_prompt_ids(ids: list[int], vocab_size: int, param: str) -> None:
+    """A 400 naming `param` for a token id outside the vocabulary (the engine would index past its embedding)."""
+    try:
+        check_token_ids(ids, vocab_size, param)
+    except InvalidRequest as error:
+        raise APIError(f"{error}.", param=param) from None
+
+
+def check_fan_out(num_prompts: int, n: int, prompt_param: str) -> None:
+    if num_prompts * n > MAX_SEQUENCES_PER_REQUEST:
+        raise APIError(f"{prompt_param} has {num_prompts} prompts and n is {n}: {num_prompts * n} sequences, "
+                       f"more than the {MAX_SEQUENCES_PER_REQUEST} one request may run.", param=prompt_param)
+
+
+def validated(params: SamplingParams, vocab_size: int, field_names: Mapping[str, str] | None = None
+              ) -> SamplingParams:
+    """`params`, or a 400 naming the request field that is out of range (`field_names` maps the engine's
+    field names to the endpoint's, e.g. max_new_tokens -> max_tokens)."""
+    try:
+        params.validate(vocab_size)
+    except InvalidRequest as error:
+        name = (field_names or {}).get(error.field, error.field)
+        raise APIError(f"{name}{str(error).removeprefix(error.field)}.", param=name) from None
+    return params
 
 
 def build_sampling_params(request: SamplingFields, defaults: SamplingParams, *, max_new_tokens: int,
-                          seed_offset: int = 0,
+                          vocab_size: int, seed_offset: int = 0,
                           logprobs: bool = False, top_logprobs: int = 0,
                           extra_stop_token_ids: list[int] | None = None,
                           skip_special_tokens: bool = True) -> SamplingParams:
@@ -46,7 +68,7 @@ def build_sampling_params(request: SamplingFields, defaults: SamplingParams, *, 
                             else request.repetition_penalty),
         frequency_penalty=request.frequency_penalty,
         presence_penalty=request.presence_penalty,
-        seed=None if request.seed is None else request.seed + seed_offset,
+        seed=None if request.seed is None else _wrapped_int64(request.seed + seed_offset),
         stop=stop,
         stop_token_ids=sorted(set(request.stop_token_ids or []) | set(extra_stop_token_ids or [])),
         ignore_eos=request.ignore_eos,
@@ -56,10 +78,8 @@ def build_sampling_params(request: SamplingFields, defaults: SamplingParams, *, 
         skip_special_tokens=skip_special_tokens,
         include_stop_str_in_output=request.no_stop_trim,
     )
-    if request.n < 1:
-        raise APIError(f"n must be >= 1, got {request.n}.", param="n")
-    try:
-        params.validate()
-    except ValueError as error:
-        raise APIError(str(error), param=str(error).split()[0]) from None
-    return params
+    return validated(params, vocab_size, {"max_new_tokens": "max_tokens"})
+
+
+def _wrapped_int64(value: int) -> int:
+    return (value - INT64_MIN) % 2 ** 64 + INT64_MIN

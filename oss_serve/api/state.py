@@ -28,6 +28,7 @@ class ServingState:
     tokenizer: TextTokenizer
     context_length: int
     model_name: str
+    vocab_size: int  # token ids in requests must be below it
     default_params: SamplingParams = field(default_factory=SamplingParams)  # the checkpoint's generation_config
     weight_version: str = "default"
     started_at: float = field(default_factory=time.time)

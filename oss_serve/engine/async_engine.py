@@ -137,8 +137,8 @@ class AsyncEngine:
                        request_id: str) -> AsyncIterator[StreamOutput]:
         if self.info is None:
             raise RuntimeError("AsyncEngine.start() has not been awaited")
-        validate_prompt(prompt_ids, self.info.context_length)
-        params.validate()
+        validate_prompt(prompt_ids, self.info.context_length, self.info.vocab_size)
+        params.validate(self.info.vocab_size)
         if params.n != 1:
             raise ValueError("AsyncEngine.generate runs one sample; submit n requests for n > 1")
         if request_id in self._engine_ids:
@@ -245,6 +245,7 @@ class AsyncEngine:
             return  # aborted on this side already
         if delta.error is not None:
             output = self._error_output(stream.request_id, delta.prompt_tokens, delta.error)
+            output.error_status = delta.error_status
         else:
             text = stream.detokenizer.feed(delta.new_token_ids, delta.finished, delta.matched_stop)
             output = StreamOutput(

@@ -21,7 +21,7 @@ from oss_serve.engine.model_runner import ModelRunner, PendingInputs
 from oss_serve.engine.outputs import TokenLogprob
 from oss_serve.engine.request import PENDING_TOKEN, Request, RequestDelta, Status
 from oss_serve.engine.sampler import SampledTokens, sample
-from oss_serve.engine.sampling_params import SamplingParams
+from oss_serve.engine.sampling_params import InvalidRequest, SamplingParams, check_token_ids
 from oss_serve.engine.scheduler import ScheduledSeq, Scheduler, SchedulerConfig
 from oss_serve.server_args import ServerArgs
 from oss_serve.structured.step_masks import StructuredDecoding
@@ -65,13 +65,15 @@ def generation_eos_ids(folder: Path | str) -> tuple[int, ...]:
     return ()
 
 
-def validate_prompt(prompt_ids: list[int], context_length: int) -> None:
-    """ValueError for an empty prompt or one longer than the context (the message gives both numbers)."""
+def validate_prompt(prompt_ids: list[int], context_length: int, vocab_size: int) -> None:
+    """InvalidRequest for an empty prompt, one longer than the context (the message gives both numbers), or
+    a token id outside the vocabulary (which would index past the embedding)."""
     if not prompt_ids:
-        raise ValueError("the prompt is empty")
+        raise InvalidRequest("prompt", "is empty")
     if len(prompt_ids) > context_length:
-        raise ValueError(f"the prompt has {len(prompt_ids)} tokens, longer than the context length "
-                         f"of {context_length} tokens")
+        raise InvalidRequest("prompt", f"has {len(prompt_ids)} tokens, longer than the context length "
+                                       f"of {context_length} tokens")
+    check_token_ids(prompt_ids, vocab_size, "prompt")
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,7 @@ class EngineInfo:
     """Facts the caller's process needs (sent once the engine process is ready)."""
     model_folder: str
     context_length: int
+    vocab_size: int
     eos_token_ids: tuple[int, ...]
     num_full_tokens: int
     num_sliding_tokens: int
@@ -219,6 +222,8 @@ class EngineCore:
         # would only delay each token by a step).
         self.overlap = self.device.type == "cuda" and not args.disable_overlap_schedule
         self._in_flight: InFlightStep | None = None
+        self._step_deltas: list[RequestDelta] = []
+        self._step_requests: list[Request] = []
         logger.info("KV cache: %d tokens per full-attention layer, %d per sliding-window layer, page size %d, %s; "
                     "context length %d", num_full_pages * ps, num_sliding_pages * ps, ps,
                     str(kv_dtype).removeprefix("torch."), self.context_length)
@@ -235,7 +240,8 @@ class EngineCore:
     @property
     def info(self) -> EngineInfo:
         ps = self.args.page_size
-        return EngineInfo(str(self.model_folder), self.context_length, self.eos_token_ids,
+        return EngineInfo(str(self.model_folder), self.context_length, self.model.config.vocab_size,
+                          self.eos_token_ids,
                           self.scheduler.full_pool.num_pages * ps,
                           (self.scheduler.sliding_pool.num_pages * ps) if self.scheduler.sliding_pool else 0,
                           ps, self.default_params)
@@ -250,14 +256,14 @@ class EngineCore:
 
     # ---- requests ----------------------------------------------------------------------------
     def validate_prompt(self, prompt_ids: list[int]) -> None:
-        validate_prompt(prompt_ids, self.context_length)
+        validate_prompt(prompt_ids, self.context_length, self.model.config.vocab_size)
 
     def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> RequestDelta | None:
         """Queue a request. Returns its final delta at once when there is nothing to generate."""
         if request_id in self._requests:
             raise ValueError(f"request id {request_id!r} is already running")
         self.validate_prompt(prompt_ids)
-        params.validate()
+        params.validate(self.model.config.vocab_size)
         room = self.context_length - len(prompt_ids)
         max_new = room if params.max_new_tokens is None else min(params.max_new_tokens, room)
         seed = params.seed if params.seed is not None else self._seed_rng.getrandbits(63)
@@ -308,9 +314,12 @@ class EngineCore:
         """Schedule and queue a step's forward; read what the previous step drew (overlapped schedule) while
         the device runs it; queue the sampling; then, without the overlap, read this step's draws."""
         started = time.perf_counter()
-        deltas: list[RequestDelta] = []
+        # Kept on self so that a step failing halfway still hands out what it had decided (fail_step).
+        deltas = self._step_deltas = []
         previous, self._in_flight = self._in_flight, None
+        self._step_requests = [] if previous is None else list(previous.requests)
         batch = self.scheduler.schedule()
+        self._step_requests += [seq.request for seq in batch]
         scheduled = time.perf_counter()
         logits = None
         if batch:
@@ -349,7 +358,40 @@ class EngineCore:
             if self.profile:
                 self.step_times.append(StepTiming(time.perf_counter() - started, scheduled - started, forward_time,
                                                   len(batch), sum(seq.num_new_tokens for seq in batch)))
+        self._step_deltas, self._step_requests = [], []
         return deltas
+
+    def fail_step(self, error: BaseException) -> list[RequestDelta]:
+        """After step() raised: end the requests that step was running (its batch and the draws in flight)
+        with an error, hand out what it had decided for the others, and be ready for the next step."""
+        deltas, self._step_deltas = self._step_deltas, []
+        involved, self._step_requests = self._step_requests, []
+        self._in_flight = None
+        message = f"the engine failed while running this request ({type(error).__name__}: {error})"
+        for request in dict.fromkeys(involved):  # a request can be in both; once each, in order
+            if request.status is Status.FINISHED:
+                continue
+            self.scheduler.remove(request)
+            self._requests.pop(request.request_id, None)
+            if request.awaits_token:
+                request.token_ids.pop()
+            delta = self._delta(request, finished=True)
+            delta.error, delta.error_status = message, 500
+            deltas.append(delta)
+        return deltas
+
+    def recoverable(self, error: BaseException) -> bool:
+        """Whether the engine can serve on after `error` ended a step. Not under tensor parallelism (the
+        workers may be inside a collective the leader left), nor when the device itself is broken (a
+        CUDA error is sticky: the next call on the device fails too)."""
+        if self.tp is not None:
+            return False
+        if self.device.type == "cuda":
+            try:
+                torch.cuda.synchronize(self.device)
+            except Exception:  # noqa: BLE001 - any failure here means the device is unusable
+                return False
+        return True
 
     @staticmethod
     def _pending_inputs(batch: list[ScheduledSeq], previous: InFlightStep | None) -> PendingInputs | None:

@@ -71,7 +71,7 @@ def _serve(core, inbox: zmq.Socket, outbox: zmq.Socket, parent_pid: int) -> None
                             deltas.append(delta)
                     except ValueError as error:
                         deltas.append(RequestDelta(request_id, [], None, len(prompt_ids), 0, 0, True,
-                                                   error=str(error)))
+                                                   error=str(error), error_status=400))
                     except Exception as error:  # noqa: BLE001 - one bad request must not stop the engine
                         logger.exception("request %s could not be added", request_id)
                         deltas.append(RequestDelta(request_id, [], None, len(prompt_ids), 0, 0, True,
@@ -86,7 +86,13 @@ def _serve(core, inbox: zmq.Socket, outbox: zmq.Socket, parent_pid: int) -> None
             logger.info("parent process is gone; engine exits")
             return
         if core.has_work:
-            deltas.extend(core.step())
+            try:
+                deltas.extend(core.step())
+            except Exception as error:
+                if not core.recoverable(error):
+                    raise
+                logger.exception("a step failed: its requests end with an error, the engine serves on")
+                deltas.extend(core.fail_step(error))
         if deltas or not core.has_work:
             outbox.send_pyobj(("outputs", deltas, core.stats()))
 

@@ -28,6 +28,7 @@ class StreamOutput:
     finish_reason: FinishReason | None = None
     matched_stop: int | str | None = None  # the stop token id or stop string that ended the request
     error: str | None = None
+    error_status: int = 503  # 400: the engine refused the request; 500: a step running it failed; 503: no engine
 
 
 @dataclass

@@ -91,7 +91,8 @@ class RequestDelta:
     finished: bool
     finish_reason: FinishReason | None = None
     matched_stop: int | str | None = None
-    error: str | None = None
+    error: str | None = None  # the request ended without finishing: why
+    error_status: int = 500  # the HTTP status it maps to: 400 refused at admission, 500 failed in a step
 
     def __reduce__(self) -> tuple[type[RequestDelta], tuple]:
         # A step's deltas are pickled to the API process every step: positional fields pickle and

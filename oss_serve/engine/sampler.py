@@ -78,13 +78,17 @@ def _apply_penalties(logits: torch.Tensor, requests: list[Request]) -> None:
 CDF_BLOCK = 1024
 # top-k / top-p rank this many of a row's largest weights; a top-p prefix longer than that sorts the row.
 CUT_CANDIDATES = 1024
+# At or below this temperature a draw is greedy: dividing by it would overflow the logits to inf (and the
+# softmax to NaN). Above the other bound every distribution is uniform to float32 precision anyway.
+GREEDY_TEMPERATURE = 1e-6
+FLAT_TEMPERATURE = 1e6
 
 
 def _weights(logits: torch.Tensor, requests: list[Request]) -> torch.Tensor:
     """Probabilities at each request's temperature, with min-p applied (then no longer summing to one).
     torch's fused softmax, not exp: on CPU, exp slows down several times on masked (-inf) logits."""
     device = logits.device
-    temperature = [r.params.temperature for r in requests]
+    temperature = [min(r.params.temperature, FLAT_TEMPERATURE) for r in requests]
     if any(t != 1.0 for t in temperature):
         logits = logits / to_device(temperature, torch.float32, device)[:, None]
     weights = torch.softmax(logits, dim=-1)
@@ -175,7 +179,7 @@ def _inverse_cdf(weights: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
 def _draw(logits: torch.Tensor, requests: list[Request]) -> torch.Tensor:
     """One token per row: argmax for greedy rows, an inverse-CDF draw with the request's uniform otherwise."""
     device = logits.device
-    random_rows = [i for i, r in enumerate(requests) if r.params.temperature > 0]
+    random_rows = [i for i, r in enumerate(requests) if r.params.temperature > GREEDY_TEMPERATURE]
     if len(random_rows) < len(requests):
         tokens = logits.max(dim=-1).indices  # the first maximum, as argmax; 4x faster than argmax on CPU
     else:

@@ -12,7 +12,7 @@ from oss_serve.api.responses.output_items import OutputAssembler
 from oss_serve.api.responses.request import CODE_INTERPRETER_OUTPUTS, ResponsesRequest
 from oss_serve.api.responses.response_run import ResponseRun
 from oss_serve.api.responses.tool_setup import ResponseTools, resolve_tools
-from oss_serve.api.sampling import resolve_max_new_tokens
+from oss_serve.api.sampling import resolve_max_new_tokens, validated
 from oss_serve.api.state import ServingState, new_id
 from oss_serve.api.structured_outputs import (StrictFunction, answer_format, harmony_structured_output,
                                               max_reasoning_tokens, strict_function_grammars,
@@ -49,10 +49,7 @@ async def prepare_response(request: ResponsesRequest, state: ServingState, serve
         top_p=1.0 if request.top_p is None else request.top_p,
         top_k=state.default_params.top_k if request.top_k is None else request.top_k,
         seed=request.seed, stop_token_ids=stop_token_ids_for_assistant(), skip_special_tokens=False)
-    try:
-        sampling.validate()
-    except ValueError as error:
-        raise APIError(str(error), param=str(error).split()[0]) from None
+    validated(sampling, state.vocab_size)
 
     conversation = ConversationState(list(previous.messages), list(previous.instructions),
                                      dict(previous.call_names)) if previous else ConversationState()

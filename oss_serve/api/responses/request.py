@@ -3,9 +3,12 @@ can serve. Items and tools stay plain dicts: the openai package types them as Ty
 the prompt builder reads them by their `type`."""
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, StringConstraints
+
+from oss_serve.api.protocol import MAX_TOOLS, Lenient
+from oss_serve.engine.sampling_params import INT64_MAX, INT64_MIN
 
 ReasoningLevel = Literal["low", "medium", "high"]
 WEB_SEARCH_TOOL_TYPES = frozenset({"web_search_preview", "web_search_preview_2025_03_11", "web_search",
@@ -13,42 +16,39 @@ WEB_SEARCH_TOOL_TYPES = frozenset({"web_search_preview", "web_search_preview_202
 CODE_INTERPRETER_OUTPUTS = "code_interpreter_call.outputs"
 
 
-class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-
-class ReasoningConfig(_Lenient):
+class ReasoningConfig(Lenient):
     effort: ReasoningLevel | None = None
     summary: str | None = None
 
 
-class TextFormat(_Lenient):
+class TextFormat(Lenient):
     type: Literal["text", "json_schema", "json_object"] = "text"
 
 
-class TextConfig(_Lenient):
+class TextConfig(Lenient):
     format: TextFormat | None = None
 
 
-class ResponsesRequest(_Lenient):
+class ResponsesRequest(Lenient):
     model: str | None = None
     instructions: str | None = None
     input: str | list[dict[str, Any]] = ""
-    tools: list[dict[str, Any]] = Field(default_factory=list)
+    tools: list[dict[str, Any]] = Field(default_factory=list, max_length=MAX_TOOLS)
     tool_choice: Literal["none", "auto", "required"] | dict[str, Any] = "auto"
     parallel_tool_calls: bool = True
     max_tool_calls: int | None = Field(default=None, ge=0)
-    max_output_tokens: int | None = Field(default=None, ge=1)
+    max_output_tokens: int | None = Field(default=None, ge=1)  # clamped to what fits the context
     temperature: float | None = None  # None: OpenAI's default of 1.0
     top_p: float | None = None
     top_k: int | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
     stream: bool = False
     store: bool = True
     previous_response_id: str | None = None
     background: bool = False
     include: list[str] = Field(default_factory=list)
-    metadata: dict[str, str] | None = None
+    metadata: dict[Annotated[str, StringConstraints(max_length=64)],
+                   Annotated[str, StringConstraints(max_length=512)]] | None = Field(None, max_length=16)  # OpenAI's
     text: TextConfig | None = None
     reasoning: ReasoningConfig | None = None
     reasoning_effort: ReasoningLevel | None = None  # the chat-style spelling, via the SDK's extra_body
