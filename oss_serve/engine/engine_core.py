@@ -361,6 +361,17 @@ class EngineCore:
         self._step_deltas, self._step_requests = [], []
         return deltas
 
+    def step_isolated(self) -> list[RequestDelta]:
+        """step(), except that a fault the engine can serve on after (see `recoverable`) ends only the
+        requests of that step, each with an error delta, and is logged once; any other fault is raised."""
+        try:
+            return self.step()
+        except Exception as error:
+            if not self.recoverable(error):
+                raise
+            logger.exception("a step failed: its requests end with an error, the engine serves on")
+            return self.fail_step(error)
+
     def fail_step(self, error: BaseException) -> list[RequestDelta]:
         """After step() raised: end the requests that step was running (its batch and the draws in flight)
         with an error, hand out what it had decided for the others, and be ready for the next step."""

@@ -86,13 +86,7 @@ def _serve(core, inbox: zmq.Socket, outbox: zmq.Socket, parent_pid: int) -> None
             logger.info("parent process is gone; engine exits")
             return
         if core.has_work:
-            try:
-                deltas.extend(core.step())
-            except Exception as error:
-                if not core.recoverable(error):
-                    raise
-                logger.exception("a step failed: its requests end with an error, the engine serves on")
-                deltas.extend(core.fail_step(error))
+            deltas.extend(core.step_isolated())
         if deltas or not core.has_work:
             outbox.send_pyobj(("outputs", deltas, core.stats()))
 
