@@ -113,7 +113,7 @@ async def serve(args: ServerArgs) -> int:
         app = build_app(state, metrics)
         config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                                 timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS, lifespan="off",
-                                access_log=args.log_level == "debug")
+                                access_log=False)  # oss_serve.access logs each request, with its tokens
         server = GracefulServer(config)
         serving = asyncio.create_task(server.serve())
         watchdog: asyncio.Task[bool] | None = None

@@ -69,6 +69,8 @@ class ServerArgs:
     api_key: str | None = arg(None, "Require 'Authorization: Bearer KEY' on every route except /health.")
     enable_metrics: bool = arg(False, "Serve Prometheus metrics at /metrics.")
     log_level: str = arg("info", "Logging level.", choices=("debug", "info", "warning", "error"))
+    log_requests: bool = arg(False, "Also log each request body and each non-streamed response body (at DEBUG; "
+                                    "every request's access line is logged anyway).")
     max_request_bytes: int = arg(32 * 1024 * 1024, "Largest request body; larger ones get HTTP 413.")
     reasoning_parser: str | None = arg(None, "Accepted for SGLang compatibility; gpt-oss always parses harmony.",
                                        choices=("gpt-oss",))

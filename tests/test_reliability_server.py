@@ -50,7 +50,8 @@ def test_load_disconnect_and_mixed_soak_short(tiny_ckpt: Path) -> None:
 def guarded_server(tiny_ckpt: Path) -> Iterator[ServerUnderTest]:
     server = start_server(str(tiny_ckpt), ["--max-total-tokens", "2048", "--context-length", "512",
                                            "--max-request-bytes", str(MAX_REQUEST_BYTES), "--enable-metrics",
-                                           "--response-store", ":memory:", "--log-level", "debug"], API_KEY)
+                                           "--response-store", ":memory:", "--log-level", "debug",
+                                           "--log-requests"], API_KEY)
     yield server
     server.stop()
 
@@ -105,6 +106,32 @@ def test_the_key_is_never_shown(guarded_server: ServerUnderTest) -> None:
     time.sleep(0.5)
     assert API_KEY not in info and API_KEY not in metrics
     assert API_KEY not in guarded_server.log_text()  # debug logging, access log on
+
+
+def test_one_access_line_per_request_and_a_warning_with_the_reason(guarded_server: ServerUnderTest) -> None:
+    marker = "access-log-marker-7731"
+    with httpx.Client(base_url=guarded_server.base_url, headers={"Authorization": f"Bearer {API_KEY}"},
+                      timeout=60) as client:
+        ok = client.post("/v1/completions", json={"prompt": marker, "max_tokens": 2}).json()
+        refused = client.post("/v1/completions", json={"prompt": [10 ** 6], "user": marker})
+        streamed = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": marker}],
+                                                              "max_tokens": 3, "stream": True})
+    unauthorized = httpx.post(guarded_server.base_url + "/v1/completions", json={"prompt": marker})
+    assert refused.status_code == 400 and unauthorized.status_code == 401 and streamed.status_code == 200
+    time.sleep(0.5)
+    access = [line for line in guarded_server.log_text().splitlines() if "oss_serve.access" in line]
+    lines = [line for line in access if "request body" not in line and "response body" not in line]
+    [ok_line] = [line for line in lines if f"id={ok['id']}" in line]
+    assert " INFO " in ok_line and "POST /v1/completions 200" in ok_line, ok_line
+    assert f"prompt_tokens={ok['usage']['prompt_tokens']} output_tokens=2 cached_tokens=" in ok_line, ok_line
+    assert "ttft_ms=" in ok_line and "ttft_ms=-" not in ok_line and "total_ms=" in ok_line, ok_line
+    [refused_line] = [line for line in lines if "POST /v1/completions 400" in line and "10000" in line]
+    assert " WARNING " in refused_line and "token ids must be integers" in refused_line, refused_line
+    assert any("POST /v1/chat/completions 200 id=chatcmpl-" in line and "output_tokens=3" in line for line in lines)
+    assert any(" WARNING " in line and "401" in line and "API key" in line for line in lines), lines[-5:]
+    # The access lines never hold a body; --log-requests adds the bodies on lines of their own.
+    assert not any(marker in line for line in lines)
+    assert sum(marker in line for line in access if "request body" in line) == 3
 
 
 def test_key_comparison_is_constant_time() -> None:

@@ -10,6 +10,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from oss_serve.api import native
+from oss_serve.api.access_log import AccessLogMiddleware
 from oss_serve.api.chat import create_chat_completion
 from oss_serve.api.completions import create_completion
 from oss_serve.api.errors import APIError, error_body, install_error_handlers
@@ -223,4 +224,5 @@ def build_app(state: ServingState, metrics: ServerMetrics | None = None) -> Fast
                        max_request_bytes=state.server_args.max_request_bytes, metrics=metrics,
                        max_queued_requests=state.server_args.max_queued_requests,
                        read_engine_stats=state.engine.stats)
+    app.add_middleware(AccessLogMiddleware, log_bodies=state.server_args.log_requests)  # outermost
     return app

@@ -14,6 +14,7 @@ from openai.types.chat import chat_completion_chunk as chunk_types
 from openai.types.chat.chat_completion_message_tool_call import ChatCompletionMessageToolCall, Function
 from openai.types.chat.chat_completion_token_logprob import ChatCompletionTokenLogprob, TopLogprob
 
+from oss_serve.api.access_log import name_request
 from oss_serve.api.chat_conversation import ChatPrompt, build_chat_prompt
 from oss_serve.api.engine_client import collect_until_disconnected
 from oss_serve.api.errors import APIError
@@ -152,6 +153,7 @@ async def create_chat_completion(request: ChatCompletionRequest, http_request: R
         len(prompt.prompt_ids), request.max_completion_tokens if request.max_completion_tokens is not None
         else request.max_tokens, state.context_length, prompt_param="messages", max_tokens_param=max_tokens_param)
     completion_id = new_id("chatcmpl-")
+    name_request(completion_id)
     jobs: list[tuple[list[int], SamplingParams, str]] = []
     for choice_number in range(request.n):
         params = build_sampling_params(request, state.default_params, max_new_tokens=max_new_tokens,

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from openai.types import Completion, CompletionChoice
 from openai.types.completion_choice import Logprobs
 
+from oss_serve.api.access_log import name_request
 from oss_serve.api.engine_client import collect_until_disconnected
 from oss_serve.api.errors import APIError
 from oss_serve.api.protocol import CompletionRequest
@@ -89,6 +90,7 @@ async def create_completion(request: CompletionRequest, http_request: Request,
     jobs: list[tuple[list[int], SamplingParams, str]] = []
     choices: list[_Choice] = []
     completion_id = new_id("cmpl-")
+    name_request(completion_id)
     for prompt_ids, prompt_text in _prompts(request, state.tokenizer, state.vocab_size):
         max_new_tokens = resolve_max_new_tokens(len(prompt_ids), request.max_tokens, state.context_length,
                                                 prompt_param="prompt")

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Protocol, Sequence, TypeVar
 
+from oss_serve.api.access_log import current_record
 from oss_serve.api.errors import APIError
 from oss_serve.engine.outputs import StreamOutput
 from oss_serve.engine.sampling_params import SamplingParams
@@ -46,8 +47,11 @@ class Generator:
         """The engine's outputs for one request; leaving early aborts the request."""
         started_at = previous_at = time.monotonic()
         finished = False
+        record = current_record()
         try:
             async for output in self._checked(self.engine.generate(prompt_ids, params, request_id)):
+                if record is not None:
+                    record.observe(request_id, output)
                 for observer in self.observers:
                     observer.on_output(output, started_at=started_at, previous_at=previous_at)
                 previous_at = time.monotonic()

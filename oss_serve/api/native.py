@@ -9,6 +9,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import TypeAdapter, ValidationError
 
+from oss_serve.api.access_log import name_request
 from oss_serve.api.engine_client import collect_until_disconnected
 from oss_serve.api.errors import APIError
 from oss_serve.api.protocol import GenerateRequest, ParseFunctionCallRequest, SeparateReasoningRequest
@@ -90,6 +91,7 @@ async def generate(request: GenerateRequest, http_request: Request, state: Servi
     n, params.n = params.n, 1  # n samples of a prompt run as n engine requests
     prompts, batched = _generate_prompts(request, state, n)
     base_id = request.rid or new_id("")
+    name_request(base_id)
     params.structured = generate_structured_output(request.sampling_params)
     if request.return_logprob:
         params.logprobs, params.top_logprobs = True, request.top_logprobs_num

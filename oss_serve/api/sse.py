@@ -7,6 +7,7 @@ from typing import Any, AsyncIterator
 
 from pydantic import BaseModel
 
+from oss_serve.api.access_log import note_error
 from oss_serve.api.errors import APIError, error_body
 
 logger = logging.getLogger(__name__)
@@ -46,8 +47,10 @@ async def ending_with_done(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]
         async for event in events:
             yield event
     except APIError as error:
+        note_error(error.message)
         yield sse_error(error)
     except Exception as error:  # noqa: BLE001 - the stream ends with an error event, not cut
         logger.exception("streamed request failed")
+        note_error(f"Internal error: {type(error).__name__}: {error}")
         yield sse_error(APIError(f"Internal error: {type(error).__name__}: {error}", status=500))
     yield DONE

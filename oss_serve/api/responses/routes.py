@@ -7,6 +7,7 @@ from typing import Any, AsyncIterator, Literal
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from oss_serve.api.access_log import name_request
 from oss_serve.api.engine_client import until_disconnected
 from oss_serve.api.errors import APIError, error_response
 from oss_serve.api.responses.event_log import sse_event
@@ -51,6 +52,7 @@ def build_router(service: ResponsesService) -> APIRouter:
     @router.post("/v1/responses")
     async def create_response(body: ResponsesRequest, request: Request) -> Response:
         prepared = await service.prepare(body)
+        name_request(prepared.run.response_id)
         run = service.register(prepared)
         if body.background:
             service.start_in_background(prepared)
