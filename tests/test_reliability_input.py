@@ -288,3 +288,21 @@ def test_queue_limit_refuses_with_503_and_retry_after_and_health_stays_up(harmon
     assert "--max-queued-requests" in refused.json()["error"]["message"]
     assert health.status_code == 200
     assert [response.status_code for response in served] == [200, 200] and after.status_code == 200
+
+
+def test_long_history_texts_are_tokenized_by_the_checkpoint_tokenizer_with_the_same_ids(
+        harmony_encoding: Any, tiny_ckpt: Path) -> None:
+    """openai-harmony's encoder is quadratic in an unbroken run (300,000 letters: 45 s, holding the GIL):
+    long message texts go through the tokenizers library instead, and the prompt ids must not change."""
+    from oss_serve.harmony import render
+    from oss_serve.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.from_pretrained(tiny_ckpt)
+    texts = ["Paris is the capital of France. " * 200, "y" * 20_000, "中文没有空格" * 1000 + "。", "🧑‍🚀 " * 900,
+             "-" * 5000 + "\n" * 3000, (HARMONY_BREAKERS[0] + " ") * 100, "e\u0301" * 3000]
+    history = [render.user_message(texts[0]), render.assistant_message(texts[1], render.FINAL),
+               render.user_message("short"), *[render.user_message(text) for text in texts[2:]],
+               render.function_call_message("f", {"a": texts[3]}), render.function_result_message("f", texts[4])]
+    settings = render.PromptSettings(instructions="Be brief.", function_tools=[render.FunctionTool("f")])
+    assert render.render_prompt(history, settings, encode_text=tokenizer.encode) == render.render_prompt(
+        history, settings)

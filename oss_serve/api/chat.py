@@ -147,7 +147,7 @@ def _new_choice(prompt: ChatPrompt, request: ChatCompletionRequest) -> _ChatChoi
 async def create_chat_completion(request: ChatCompletionRequest, http_request: Request,
                                  state: ServingState) -> Response:
     state.check_model(request.model)
-    prompt = build_chat_prompt(request)
+    prompt = build_chat_prompt(request, state.tokenizer.encode)
     max_tokens_param = "max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens"
     max_new_tokens = resolve_max_new_tokens(
         len(prompt.prompt_ids), request.max_completion_tokens if request.max_completion_tokens is not None

@@ -12,7 +12,7 @@ tool_choice is enforced by what the model may write, not by asking it:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Callable, Literal
 
 from openai_harmony import Message
 
@@ -85,7 +85,8 @@ def _history(messages: list[ChatMessageIn]) -> tuple[list[Message], list[str]]:
     return history, instructions
 
 
-def build_chat_prompt(request: ChatCompletionRequest) -> ChatPrompt:
+def build_chat_prompt(request: ChatCompletionRequest,
+                      encode_text: Callable[[str], list[int]] | None = None) -> ChatPrompt:
     if not request.messages:
         raise APIError("messages must contain at least one message.", param="messages")
     answer = answer_format(request.response_format.model_dump() if request.response_format else None,
@@ -105,7 +106,7 @@ def build_chat_prompt(request: ChatCompletionRequest) -> ChatPrompt:
         prefill = render.function_call_prefill(named_function or "")
     elif mode == "required":
         prefill = render.any_function_call_prefill()
-    prompt_ids = render.render_prompt(history, settings, assistant_prefill=prefill)
+    prompt_ids = render.render_prompt(history, settings, assistant_prefill=prefill, encode_text=encode_text)
     prefill_ids = get_harmony_encoding().encode(prefill, allowed_special="all") if prefill else []
     strict_tools = [] if mode == "none" else [
         (index, tool) for index, tool in enumerate(request.tools or []) if (tool.function.model_extra or {}).get("strict")]

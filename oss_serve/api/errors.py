@@ -13,6 +13,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from oss_serve.harmony.render import UnrenderableText
+
 logger = logging.getLogger(__name__)
 
 _TYPE_BY_STATUS = {
@@ -88,6 +90,10 @@ def install_error_handlers(app: FastAPI) -> None:
             return error_response(APIError(_validation_message(first)))
         return error_response(APIError(_validation_message(first),
                                        param=_validation_param(tuple(first.get("loc", ())))))
+
+    @app.exception_handler(UnrenderableText)
+    async def _unrenderable(_: Request, error: UnrenderableText) -> JSONResponse:
+        return error_response(APIError(f"The prompt cannot be rendered: {error}."))
 
     @app.exception_handler(json.JSONDecodeError)
     async def _bad_json(_: Request, error: json.JSONDecodeError) -> JSONResponse:

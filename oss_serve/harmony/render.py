@@ -7,8 +7,9 @@ system and developer messages, drops the chain of thought of finished turns and 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 from openai_harmony import (
     Author,
@@ -19,11 +20,12 @@ from openai_harmony import (
     RenderConversationConfig,
     Role,
     SystemContent,
+    TextContent,
     ToolDescription,
     ToolNamespaceConfig,
 )
 
-from oss_serve.harmony.encoding import get_harmony_encoding
+from oss_serve.harmony.encoding import MESSAGE, get_harmony_encoding
 
 ReasoningLevel = Literal["low", "medium", "high"]
 _EFFORTS: dict[str, ReasoningEffort] = {
@@ -32,6 +34,17 @@ _EFFORTS: dict[str, ReasoningEffort] = {
     "high": ReasoningEffort.HIGH,
 }
 FUNCTIONS_NAMESPACE = "functions"
+# History texts longer than this are tokenized by `encode_text` (see render_prompt); below it, harmony's
+# encoder costs at most about a millisecond.
+LONG_TEXT_CHARS = 2048
+# Instructions and tool descriptions stay with harmony's encoder: a run without a space or digit longer
+# than this (about a second of its time at most) is refused instead.
+MAX_UNBROKEN_RUN = 16384
+_UNBROKEN_RUN = re.compile(r"[^\s\d]{%d,}|\s{%d,}" % (MAX_UNBROKEN_RUN + 1, MAX_UNBROKEN_RUN + 1))
+
+
+class UnrenderableText(ValueError):
+    """Text openai-harmony cannot render in reasonable time (or at all): a 400 for the request."""
 ANALYSIS, COMMENTARY, FINAL = "analysis", "commentary", "final"
 
 
@@ -98,25 +111,61 @@ def drop_finished_turn_analysis(history: Sequence[Message]) -> list[Message]:
 
 
 def render_prompt(history: Sequence[Message], settings: PromptSettings, *,
-                  assistant_prefill: str = "") -> list[int]:
+                  assistant_prefill: str = "", encode_text: Callable[[str], list[int]] | None = None) -> list[int]:
     """Prompt ids for the next assistant message: system, developer, then `history`.
 
     `history` holds user, assistant and tool messages only. `assistant_prefill` continues the
-    final `<|start|>assistant` header (see `function_call_prefill`).
+    final `<|start|>assistant` header (see `function_call_prefill`). `encode_text` (the checkpoint's
+    tokenizer: same vocabulary, specials as plain text) tokenizes the text of long history messages:
+    openai-harmony's encoder takes time quadratic in the length of an unbroken run of letters or
+    punctuation (300,000 letters: 45 s, holding the GIL), the tokenizers library linear.
     """
     messages = [system_message(settings)]
     developer = developer_message(settings)
     if developer is not None:
         messages.append(developer)
     messages.extend(drop_finished_turn_analysis(history))
+    long_texts: dict[int, str] = {}  # message index -> its text, rendered empty and spliced in after
+    if encode_text is not None:
+        for index, message in enumerate(messages):
+            if len(message.content) == 1 and isinstance(message.content[0], TextContent) \
+                    and len(message.content[0].text) > LONG_TEXT_CHARS:
+                long_texts[index] = message.content[0].text
+                messages[index] = message.model_copy(update={"content": [TextContent(text="")]})
+    for text in (settings.instructions or "", *(tool.description for tool in settings.function_tools)):
+        if _UNBROKEN_RUN.search(text):
+            raise UnrenderableText(f"the instructions or a tool description have a run of more than "
+                                   f"{MAX_UNBROKEN_RUN} characters without a space or digit")
     encoding = get_harmony_encoding()
-    # We drop analysis ourselves: the library's rule only covers a conversation that ends in final.
-    ids = encoding.render_conversation_for_completion(
-        Conversation.from_messages(messages), Role.ASSISTANT,
-        RenderConversationConfig(auto_drop_analysis=False))
+    try:
+        # We drop analysis ourselves: the library's rule only covers a conversation that ends in final.
+        ids = encoding.render_conversation_for_completion(
+            Conversation.from_messages(messages), Role.ASSISTANT,
+            RenderConversationConfig(auto_drop_analysis=False))
+    except Exception:
+        raise
+    except BaseException as error:  # a Rust panic in openai-harmony arrives as a BaseException
+        if not type(error).__name__ == "PanicException":
+            raise
+        raise UnrenderableText(f"openai-harmony failed to render the prompt ({error})") from None
+    if long_texts:
+        ids = _spliced(ids, long_texts, encode_text)  # type: ignore[arg-type]
     if assistant_prefill:
         ids = ids + encoding.encode(assistant_prefill, allowed_special="all")
     return ids
+
+
+def _spliced(ids: list[int], texts: dict[int, str], encode_text: Callable[[str], list[int]]) -> list[int]:
+    """Each message renders exactly one <|message|>, right before its text: the i-th is message i's."""
+    spliced: list[int] = []
+    message_index = 0
+    for token in ids:
+        spliced.append(token)
+        if token == MESSAGE:
+            if message_index in texts:
+                spliced.extend(encode_text(texts[message_index]))
+            message_index += 1
+    return spliced
 
 
 def function_call_prefill(function_name: str) -> str:

@@ -66,7 +66,8 @@ async def prepare_response(request: ResponsesRequest, state: ServingState, serve
     try:
         settings = render.PromptSettings(instructions=instructions, reasoning_effort=effort,
                                          function_tools=tools.function_tools, tool_namespaces=tools.namespaces)
-        prompt_ids = render.render_prompt(conversation.messages, settings, assistant_prefill=tools.prefill)
+        prompt_ids = render.render_prompt(conversation.messages, settings, assistant_prefill=tools.prefill,
+                                          encode_text=state.tokenizer.encode if state.tokenizer else None)
         resolve_max_new_tokens(len(prompt_ids), request.max_output_tokens, state.context_length,
                                prompt_param="input", max_tokens_param="max_output_tokens")
     except BaseException:
