@@ -56,10 +56,12 @@ class ScriptedTokenSource:
         self.script = script
         self.aborted: list[str] = []
         self.seen_prompts: list[list[int]] = []
+        self.seen_params: list[SamplingParams] = []
 
     async def generate(self, prompt_ids: list[int], params: SamplingParams,
                        request_id: str) -> AsyncIterator[StreamOutput]:
         self.seen_prompts.append(list(prompt_ids))
+        self.seen_params.append(params)
         script_ids = self.encoding.encode(self.script, allowed_special="all")
         produced: list[int] = []
         for position in range(0, len(script_ids), 3):
@@ -164,8 +166,8 @@ def test_chat_tool_call_non_streaming_and_streaming(harmony_encoding) -> None:
     run(go())
 
 
-def test_named_tool_choice_is_prefilled_and_reported(harmony_encoding) -> None:
-    app, engine = _app(harmony_encoding, "{\"location\": \"Oslo\"}<|call|>")
+def test_named_tool_choice_is_constrained_and_reported(harmony_encoding) -> None:
+    app, engine = _app(harmony_encoding, TOOL_CALL)
 
     async def go():
         _, sdk = _clients(app)
@@ -173,9 +175,12 @@ def test_named_tool_choice_is_prefilled_and_reported(harmony_encoding) -> None:
             model=MODEL, messages=[{"role": "user", "content": "x"}], tools=[WEATHER_TOOL],
             tool_choice={"type": "function", "function": {"name": "get_weather"}})
         call = reply.choices[0].message.tool_calls[0]
-        assert (call.function.name, call.function.arguments) == ("get_weather", "{\"location\": \"Oslo\"}")
-        assert harmony_encoding.decode(engine.seen_prompts[-1]).endswith(
-            "to=functions.get_weather <|constrain|>json<|message|>")
+        assert (call.function.name, call.function.arguments) == ("get_weather", "{\"location\": \"Paris\"}")
+        assert reply.choices[0].message.reasoning_content == "Need weather."
+        assert reply.choices[0].finish_reason == "tool_calls"
+        forced = engine.seen_params[-1].structured.forced_call
+        assert forced is not None and "to=functions.get_weather" in forced.source
+        assert harmony_encoding.decode(engine.seen_prompts[-1]).endswith("<|start|>assistant")
     run(go())
 
 

@@ -59,6 +59,7 @@ class ScriptedModelDouble:
         self.encoding = encoding
         self.scripts = list(scripts)
         self.prompts: list[list[int]] = []
+        self.params: list[SamplingParams] = []
         self.sequences: list[list[int]] = []  # prompt + output of every request: the "prefix cache"
 
     def _cached(self, prompt: list[int]) -> int:
@@ -75,6 +76,7 @@ class ScriptedModelDouble:
     async def generate(self, prompt_ids: list[int], params: SamplingParams,
                        request_id: str) -> AsyncIterator[StreamOutput]:
         self.prompts.append(list(prompt_ids))
+        self.params.append(params)
         cached = self._cached(prompt_ids)
         script = self.scripts.pop(0) if self.scripts else FINAL_42
         script_ids = self.encoding.encode(script, allowed_special="all")
@@ -409,9 +411,10 @@ def test_finished_turn_reasoning_is_dropped_on_continuation(harmony_encoding: An
     assert "q1" in second_prompt and "The answer is 42." in second_prompt and "q2" in second_prompt
 
 
-def test_tool_choice_is_enforced_by_prefill(harmony_encoding: Any) -> None:
-    app, engine = make_app(harmony_encoding, ['{"location": "Oslo"}<|call|>', FINAL_42])
-
+def test_tool_choice_forces_the_first_reply_only(harmony_encoding: Any) -> None:
+    app, engine = make_app(harmony_encoding, [
+        '<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"location": "Oslo"}<|call|>',
+        FINAL_42])
     async def go() -> tuple[Response, Response]:
         _, sdk = sdk_for(app)
         named = await sdk.responses.create(model=MODEL, input="x", tools=[WEATHER],
@@ -420,8 +423,11 @@ def test_tool_choice_is_enforced_by_prefill(harmony_encoding: Any) -> None:
         return named, none
 
     named, _ = run(go())
-    assert harmony_encoding.decode(engine.prompts[0]).endswith("to=functions.get_weather <|constrain|>json<|message|>")
+    forced = engine.params[0].structured.forced_call
+    assert forced is not None and "to=functions.get_weather" in forced.source
+    assert harmony_encoding.decode(engine.prompts[0]).endswith("<|start|>assistant")
     assert named.output[0].type == "function_call" and named.output[0].arguments == '{"location": "Oslo"}'
+    assert engine.params[1].structured is None
     assert "get_weather" not in harmony_encoding.decode(engine.prompts[1])
 
 

@@ -97,12 +97,10 @@ def drop_finished_turn_analysis(history: Sequence[Message]) -> list[Message]:
             if index >= last_final or message.channel != ANALYSIS]
 
 
-def render_prompt(history: Sequence[Message], settings: PromptSettings, *,
-                  assistant_prefill: str = "") -> list[int]:
+def render_prompt(history: Sequence[Message], settings: PromptSettings) -> list[int]:
     """Prompt ids for the next assistant message: system, developer, then `history`.
 
-    `history` holds user, assistant and tool messages only. `assistant_prefill` continues the
-    final `<|start|>assistant` header (see `function_call_prefill`).
+    `history` holds user, assistant and tool messages only.
     """
     messages = [system_message(settings)]
     developer = developer_message(settings)
@@ -111,27 +109,9 @@ def render_prompt(history: Sequence[Message], settings: PromptSettings, *,
     messages.extend(drop_finished_turn_analysis(history))
     encoding = get_harmony_encoding()
     # We drop analysis ourselves: the library's rule only covers a conversation that ends in final.
-    ids = encoding.render_conversation_for_completion(
+    return encoding.render_conversation_for_completion(
         Conversation.from_messages(messages), Role.ASSISTANT,
         RenderConversationConfig(auto_drop_analysis=False))
-    if assistant_prefill:
-        ids = ids + encoding.encode(assistant_prefill, allowed_special="all")
-    return ids
-
-
-def function_call_prefill(function_name: str) -> str:
-    """Header text that commits the next assistant message to calling `function_name`.
-
-    Appended after the prompt's `<|start|>assistant`, it leaves the model only the JSON
-    arguments to write, so a named tool_choice is enforced rather than requested.
-    """
-    return f"<|channel|>{COMMENTARY} to={FUNCTIONS_NAMESPACE}.{function_name} <|constrain|>json<|message|>"
-
-
-def any_function_call_prefill() -> str:
-    """Header text that commits the next assistant message to some function call; the model
-    still picks which (tool_choice "required")."""
-    return f"<|channel|>{COMMENTARY} to={FUNCTIONS_NAMESPACE}."
 
 
 # --- history message builders, one per kind of earlier item ---
