@@ -50,6 +50,8 @@ WEATHER = {"type": "function", "name": "get_weather", "description": "Gets the w
 PYTHON_CALL = ("<|channel|>analysis<|message|>Compute it.<|end|>"
                "<|start|>assistant<|channel|>analysis to=python code<|message|>print(6 * 7)<|call|>")
 FINAL_42 = "<|channel|>final<|message|>The answer is 42.<|return|>"
+FUNCTION_CALL_ONLY = ('<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>'
+                      '{"location": "Oslo"}<|call|>')
 
 
 class ScriptedModelDouble:
@@ -129,9 +131,9 @@ def sdk_for(app: Any) -> tuple[httpx.AsyncClient, openai.AsyncOpenAI]:
     return http, openai.AsyncOpenAI(base_url="http://test/v1", api_key="none", http_client=http, max_retries=0)
 
 
-async def raw_events(http: httpx.AsyncClient, body: dict[str, Any]) -> list[Any]:
-    """The SSE stream, each event checked against the openai schema and its `event:` line."""
-    events = []
+async def sse_payloads(http: httpx.AsyncClient, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The SSE stream's events as sent, each checked against its `event:` line."""
+    payloads = []
     async with http.stream("POST", "/v1/responses", json={**body, "stream": True}) as reply:
         assert reply.status_code == 200, await reply.aread()
         event_name = None
@@ -139,10 +141,14 @@ async def raw_events(http: httpx.AsyncClient, body: dict[str, Any]) -> list[Any]
             if line.startswith("event: "):
                 event_name = line[len("event: "):]
             elif line.startswith("data: "):
-                event = EVENT.validate_python(json.loads(line[len("data: "):]))
-                assert event.type == event_name
-                events.append(event)
-    return events
+                payloads.append(json.loads(line[len("data: "):]))
+                assert payloads[-1]["type"] == event_name
+    return payloads
+
+
+async def raw_events(http: httpx.AsyncClient, body: dict[str, Any]) -> list[Any]:
+    """The SSE stream, each event checked against the openai schema."""
+    return [EVENT.validate_python(payload) for payload in await sse_payloads(http, body)]
 
 
 def check_event_order(events: list[Any]) -> None:
@@ -360,6 +366,66 @@ def test_request_level_mcp_tool_calls_and_errors(harmony_encoding: Any, calc_url
     assert "response.mcp_call.completed" in mcp_kinds and mcp_kinds[-1] == "response.mcp_call.failed"
 
 
+# --- generation cut off inside a call ---
+
+CUT_CALLS = {  # kind -> (tools, item type, header, the call's text, the item field that carries the text)
+    "python": ([{"type": "code_interpreter", "container": {"type": "auto"}}], "code_interpreter_call",
+               "<|channel|>analysis to=python code<|message|>", "import math\nprint(math.factorial(20) % 97)", "code"),
+    "mcp": ([{"type": "mcp", "server_label": "calc", "require_approval": "never"}], "mcp_call",
+            "<|channel|>commentary to=calc.add <|constrain|>json<|message|>", '{"a": 1234567, "b": 7654321}',
+            "arguments"),
+    "function": ([WEATHER], "function_call", "<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>",
+                 '{"location": "San Francisco, California"}', "arguments"),
+}
+
+
+@pytest.mark.parametrize("kind", list(CUT_CALLS))
+def test_call_cut_by_max_output_tokens_ends_incomplete_with_its_text(harmony_encoding: Any, kind: str,
+                                                                    request: pytest.FixtureRequest) -> None:
+    tools, item_type, header, text, field = CUT_CALLS[kind]
+    if kind == "python":
+        tool_server: ToolServer | None = python_tool()
+    elif kind == "mcp":
+        tools = [{**tools[0], "server_url": request.getfixturevalue("calc_url")}]
+        tool_server = None
+    else:
+        tool_server = None
+    header_tokens = len(harmony_encoding.encode(header, allowed_special="all"))
+    kept_tokens = 4  # of the call's text, before max_output_tokens cuts it
+    kept = harmony_encoding.decode(harmony_encoding.encode(text, allowed_special="all")[:kept_tokens])
+    app, engine = make_app(harmony_encoding, [header + text + "<|call|>"] * 2, tool_server)
+    body = {"model": MODEL, "input": "x", "tools": tools, "max_output_tokens": header_tokens + kept_tokens}
+
+    async def go() -> tuple[Response, Response, list[dict[str, Any]]]:
+        http, sdk = sdk_for(app)
+        response = await sdk.responses.create(**body)
+        return response, await sdk.responses.retrieve(response.id), await sse_payloads(http, body)
+
+    response, stored, payloads = run(go())
+    events = [EVENT.validate_python(payload) for payload in payloads]
+    check_event_order(events)  # every item added is done
+    assert events[-1].type == "response.incomplete"
+    for final in (response, stored, events[-1].response):
+        assert final.status == "incomplete" and final.incomplete_details.reason == "max_output_tokens"
+        item = final.output[-1]
+        assert (item.type, item.status, getattr(item, field)) == (item_type, "incomplete", kept)
+    done = [event.item for event in events if event.type == "response.output_item.done"][-1]
+    assert (done.type, done.status, getattr(done, field)) == (item_type, "incomplete", kept)
+    assert "".join(getattr(event, "delta", "") for event in events if event.type.endswith("delta")) == kept
+    assert len(engine.prompts) == 2  # one step per request: the cut call never ran
+
+
+def test_function_call_arguments_done_has_only_openai_fields(harmony_encoding: Any) -> None:
+    app, _ = make_app(harmony_encoding, [FUNCTION_CALL_ONLY])
+
+    async def go() -> list[dict[str, Any]]:
+        http, _ = sdk_for(app)
+        return await sse_payloads(http, {"model": MODEL, "input": "x", "tools": [WEATHER]})
+
+    done = [payload for payload in run(go()) if payload["type"] == "response.function_call_arguments.done"]
+    assert len(done) == 1 and set(done[0]) == {"type", "sequence_number", "item_id", "output_index", "arguments"}
+
+
 # --- function tools, conversation, tool_choice, validation ---
 
 FUNCTION_CALL = ('<|channel|>analysis<|message|>Need weather.<|end|><|start|>assistant<|channel|>commentary '
@@ -520,6 +586,8 @@ def test_background_cancel_stops_the_loop(harmony_encoding: Any) -> None:
     queued, cancelled, retrieved = run(go())
     assert queued.status == "queued" and queued.background is True
     assert cancelled.status == "cancelled" and retrieved.status == "cancelled"
+    call = retrieved.output[-1]  # cancelled while its code ran: it ends incomplete, with the code
+    assert (call.type, call.status, call.code) == ("code_interpreter_call", "incomplete", "import time; time.sleep(30)")
     assert isinstance(app.state.responses, ResponsesService)
 
 
