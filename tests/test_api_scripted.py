@@ -28,6 +28,7 @@ CONTEXT_LENGTH = 4096
 WEATHER_TOOL = {"type": "function", "function": {
     "name": "get_weather", "description": "Gets the weather",
     "parameters": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]}}}
+RESPONSES_WEATHER = {"type": "function", **WEATHER_TOOL["function"]}
 REASONED_ANSWER = ("<|channel|>analysis<|message|>The user greets me.<|end|>"
                    "<|start|>assistant<|channel|>final<|message|>Hello there!<|return|>")
 TOOL_CALL = ("<|channel|>analysis<|message|>Need weather.<|end|><|start|>assistant<|channel|>commentary "
@@ -416,3 +417,40 @@ def test_stream_ends_with_an_error_event_on_unexpected_failure(harmony_encoding,
     assert lines[-1] == "data: [DONE]"
     error = json.loads(lines[-2][5:])["error"]
     assert error["type"] == "server_error" and error["code"] == 500 and "engine exploded" in error["message"]
+
+
+BROKEN_ARGUMENTS = '{"location": Paris'
+BROKEN_CALL = ("<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>"
+               + BROKEN_ARGUMENTS + "<|call|>")
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_unforced_call_with_non_json_arguments_is_returned_as_written(harmony_encoding, stream: bool) -> None:
+    """Under tool_choice auto nothing constrains the arguments (as with OpenAI): what the model
+    wrote comes back, on both APIs, and goes back into the next turn without an error."""
+    app, _ = _app(harmony_encoding, BROKEN_CALL)
+    messages = [{"role": "user", "content": "weather?"}]
+
+    async def go():
+        _, sdk = _clients(app)
+        if stream:
+            chunks = [chunk async for chunk in await sdk.chat.completions.create(
+                model=MODEL, messages=messages, tools=[WEATHER_TOOL], stream=True)]
+            arguments = "".join(call.function.arguments or "" for chunk in chunks for choice in chunk.choices
+                                for call in choice.delta.tool_calls or [])
+            done = [event async for event in await sdk.responses.create(
+                model=MODEL, input="weather?", tools=[RESPONSES_WEATHER], stream=True)
+                if event.type == "response.function_call_arguments.done"]
+            assert arguments == BROKEN_ARGUMENTS and done[0].arguments == BROKEN_ARGUMENTS
+            return
+        reply = await sdk.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER_TOOL])
+        call = reply.choices[0].message.tool_calls[0]
+        assert call.function.arguments == BROKEN_ARGUMENTS and reply.choices[0].finish_reason == "tool_calls"
+        follow_up = messages + [reply.choices[0].message.model_dump(exclude_none=True),
+                                {"role": "tool", "tool_call_id": call.id, "content": "sunny"}]
+        await sdk.chat.completions.create(model=MODEL, messages=follow_up, tools=[WEATHER_TOOL])
+        response = await sdk.responses.create(model=MODEL, input="weather?", tools=[RESPONSES_WEATHER])
+        assert response.output[-1].arguments == BROKEN_ARGUMENTS and response.output[-1].status == "completed"
+        await sdk.responses.create(model=MODEL, previous_response_id=response.id, tools=[RESPONSES_WEATHER], input=[
+            {"type": "function_call_output", "call_id": response.output[-1].call_id, "output": "sunny"}])
+    run(go())

@@ -515,6 +515,26 @@ def test_reasoning_effort_three_ways(harmony_encoding: Any) -> None:
     assert "Reasoning: medium" in prompts[3]
 
 
+@pytest.mark.parametrize("demo_tools, backend, key", [(True, None, "EXA_API_KEY or YDC_API_KEY"),
+                                                       (False, "you", "YDC_API_KEY")], ids=["demo-on", "no-tools"])
+def test_web_search_without_a_key_is_refused_naming_the_key(harmony_encoding: Any, monkeypatch: pytest.MonkeyPatch,
+                                                            demo_tools: bool, backend: str | None, key: str) -> None:
+    if backend:
+        monkeypatch.setenv("BROWSER_BACKEND", backend)
+    app, _ = make_app(harmony_encoding, [], python_tool() if demo_tools else None)
+
+    async def go() -> openai.BadRequestError:
+        _, sdk = sdk_for(app)
+        with pytest.raises(openai.BadRequestError) as caught:
+            await sdk.responses.create(model=MODEL, input="x", tools=[{"type": "web_search_preview"}])
+        return caught.value
+
+    error = run(go())
+    assert f"set {key} in the server's environment" in error.message
+    assert ("--tool-server demo" in error.message) is not demo_tools  # the flag only where it is missing too
+    assert error.body["param"] == "tools[0].type" and error.body["code"] == "tool_not_enabled"
+
+
 @pytest.mark.parametrize("body, fragment", [
     ({"tools": [{"type": "code_interpreter", "container": "auto"}]}, "--tool-server"),
     ({"tools": [{"type": "web_search_preview"}]}, "'web_search_preview'"),

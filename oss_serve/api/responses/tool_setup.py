@@ -23,6 +23,7 @@ from oss_serve.harmony import render
 from oss_serve.structured.call_grammar import CallTarget, loose_arguments_schema
 from oss_serve.structured.spec import GrammarSpec
 from oss_serve.tools.base import ToolServer, split_recipient
+from oss_serve.tools.browser_backends import missing_search_key
 from oss_serve.tools.mcp_client import McpConnectError, McpToolServer
 from oss_serve.tools.tool_group import ToolServerGroup
 
@@ -30,12 +31,8 @@ logger = logging.getLogger(__name__)
 
 BUILTIN_NAMESPACE_BY_TOOL_TYPE = {"code_interpreter": "python",
                                   **{tool_type: "browser" for tool_type in WEB_SEARCH_TOOL_TYPES}}
-HOW_TO_ENABLE = {
-    "python": "start the server with `--tool-server demo` (the python tool; pick a backend with "
-              "--python-backend or PYTHON_EXECUTION_BACKEND)",
-    "browser": "start the server with `--tool-server demo` and a search key (EXA_API_KEY or YDC_API_KEY, "
-               "see --browser-backend)",
-}
+HOW_TO_ENABLE_PYTHON = ("start the server with `--tool-server demo` (the python tool; pick a backend with "
+                        "--python-backend or PYTHON_EXECUTION_BACKEND)")
 
 
 @dataclass
@@ -95,9 +92,8 @@ async def resolve_tools(request: ResponsesRequest, server_tools: ToolServer | No
             elif tool_type in BUILTIN_NAMESPACE_BY_TOOL_TYPE:
                 namespace = BUILTIN_NAMESPACE_BY_TOOL_TYPE[tool_type]
                 if namespace not in available:
-                    raise APIError(f"The tool '{tool_type}' needs the built-in `{namespace}` tool, which this "
-                                   f"server was not started with: {HOW_TO_ENABLE[namespace]}.",
-                                   param=f"tools[{index}].type", code="tool_not_enabled")
+                    raise APIError(_not_enabled_message(tool_type, namespace, available), param=f"tools[{index}].type",
+                                   code="tool_not_enabled")
                 shown[namespace] = available[namespace]
             elif tool_type == "mcp":
                 await _add_mcp_tool(tools, spec, index, available, shown, executors, mcp_call_timeout_s)
@@ -115,6 +111,16 @@ async def resolve_tools(request: ResponsesRequest, server_tools: ToolServer | No
         await tools.aclose()
         raise
     return tools
+
+
+def _not_enabled_message(tool_type: str, namespace: str, available: dict[str, ToolNamespaceConfig]) -> str:
+    if namespace == "python":
+        return (f"The tool '{tool_type}' needs the built-in `python` tool, which this server was not started "
+                f"with: {HOW_TO_ENABLE_PYTHON}.")
+    # The demo tools are on (python is there) but web search is not: only the key is missing.
+    demo = "" if "python" in available else " and start it with `--tool-server demo`"
+    return (f"The tool '{tool_type}' needs a web search key, which this server does not have: set "
+            f"{missing_search_key()} in the server's environment{demo}.")
 
 
 async def _add_mcp_tool(tools: ResponseTools, spec: dict[str, Any], index: int,
