@@ -142,7 +142,7 @@ LOOSE_WEATHER = {"type": "function", "function": {
     "parameters": {"type": "object", "properties": {"location": {"type": "string"}, "unit": {"enum": ["c", "f"]}}}}}
 STRICT_LOOKUP = {"type": "function", "function": {"name": "lookup", "parameters": SCHEMAS["flat"], "strict": True}}
 WEATHER_KEYS = {"location", "unit"}
-FORCED_SEEDS = range(8, 12)
+FORCED_SEEDS = (9, 10)
 
 
 def streamed_chat_call(sdk: openai.OpenAI, **kwargs) -> tuple[str, str, str]:
@@ -163,7 +163,7 @@ def test_chat_forced_call_is_json_and_ends_the_reply(sdk: openai.OpenAI, choice,
     finished = 0
     for seed in FORCED_SEEDS:
         kwargs = dict(model="x", messages=MESSAGES, tools=[LOOSE_WEATHER, STRICT_LOOKUP], tool_choice=choice,
-                      seed=seed, max_tokens=48, extra_body={"max_reasoning_tokens": 6})
+                      seed=seed, max_tokens=40, extra_body={"max_reasoning_tokens": 6})
         if stream:
             name, arguments, finish = streamed_chat_call(sdk, **kwargs)
         else:
@@ -189,3 +189,31 @@ def test_chat_forced_call_without_max_tokens_stops_at_the_call(sdk: openai.OpenA
                                         extra_body={"max_reasoning_tokens": 6})
     assert reply.choices[0].finish_reason == "tool_calls" and reply.usage.completion_tokens < 64
     assert set(json.loads(reply.choices[0].message.tool_calls[0].function.arguments)) <= WEATHER_KEYS
+
+
+@pytest.mark.parametrize("choice, stream", [({"type": "function", "name": "get_weather"}, True),
+                                            ("required", False)], ids=["named-stream", "required"])
+def test_responses_forced_call_is_json_and_ends_the_reply(sdk: openai.OpenAI, choice, stream: bool) -> None:
+    tools = [{"type": "function", **tool["function"]} for tool in (LOOSE_WEATHER, STRICT_LOOKUP)]
+    finished = 0
+    for seed in FORCED_SEEDS:
+        kwargs = dict(model="x", input=MESSAGES[0]["content"], tools=tools, tool_choice=choice,
+                      max_output_tokens=40, extra_body={"max_reasoning_tokens": 6, "seed": seed})
+        if stream:
+            events = list(sdk.responses.create(stream=True, **kwargs))
+            response = events[-1].response
+            done = [event.item for event in events if event.type == "response.output_item.done"]
+            assert done[-1] == response.output[-1]  # the call is done in the stream too, complete or cut
+        else:
+            response = sdk.responses.create(**kwargs)
+        call = response.output[-1]
+        assert call.type == "function_call" and [item.type for item in response.output[:-1]] in ([], ["reasoning"])
+        assert call.name == "get_weather" if choice != "required" else call.name in ("get_weather", "lookup")
+        if response.status == "completed":
+            finished += 1
+            assert call.status == "completed"
+            parsed = json.loads(call.arguments)
+            assert set(parsed) <= (WEATHER_KEYS if call.name == "get_weather" else set(SCHEMAS["flat"]["properties"]))
+        else:
+            assert (response.status, call.status) == ("incomplete", "incomplete") and call.arguments
+    assert finished >= 1
