@@ -18,9 +18,9 @@ from oss_serve.api.structured_outputs import (StrictFunction, answer_format, for
                                               harmony_structured_output, max_reasoning_tokens,
                                               strict_function_grammars, with_format_instructions)
 from oss_serve.engine.sampling_params import SamplingParams
-from oss_serve.structured.spec import StructuredOutput
 from oss_serve.harmony import render
 from oss_serve.harmony.encoding import stop_token_ids_for_assistant
+from oss_serve.structured.spec import StructuredOutput
 from oss_serve.tools.base import ToolServer
 
 

@@ -92,8 +92,8 @@ async def resolve_tools(request: ResponsesRequest, server_tools: ToolServer | No
             elif tool_type in BUILTIN_NAMESPACE_BY_TOOL_TYPE:
                 namespace = BUILTIN_NAMESPACE_BY_TOOL_TYPE[tool_type]
                 if namespace not in available:
-                    raise APIError(_not_enabled_message(tool_type, namespace, available), param=f"tools[{index}].type",
-                                   code="tool_not_enabled")
+                    raise APIError(_not_enabled_message(tool_type, namespace, available),
+                                   param=f"tools[{index}].type", code="tool_not_enabled")
                 shown[namespace] = available[namespace]
             elif tool_type == "mcp":
                 await _add_mcp_tool(tools, spec, index, available, shown, executors, mcp_call_timeout_s)
