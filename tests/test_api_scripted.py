@@ -29,6 +29,7 @@ VOCAB_SIZE = 201088  # o200k_harmony
 WEATHER_TOOL = {"type": "function", "function": {
     "name": "get_weather", "description": "Gets the weather",
     "parameters": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]}}}
+RESPONSES_WEATHER = {"type": "function", **WEATHER_TOOL["function"]}
 REASONED_ANSWER = ("<|channel|>analysis<|message|>The user greets me.<|end|>"
                    "<|start|>assistant<|channel|>final<|message|>Hello there!<|return|>")
 TOOL_CALL = ("<|channel|>analysis<|message|>Need weather.<|end|><|start|>assistant<|channel|>commentary "
@@ -57,10 +58,12 @@ class ScriptedTokenSource:
         self.script = script
         self.aborted: list[str] = []
         self.seen_prompts: list[list[int]] = []
+        self.seen_params: list[SamplingParams] = []
 
     async def generate(self, prompt_ids: list[int], params: SamplingParams,
                        request_id: str) -> AsyncIterator[StreamOutput]:
         self.seen_prompts.append(list(prompt_ids))
+        self.seen_params.append(params)
         script_ids = self.encoding.encode(self.script, allowed_special="all")
         produced: list[int] = []
         for position in range(0, len(script_ids), 3):
@@ -165,8 +168,8 @@ def test_chat_tool_call_non_streaming_and_streaming(harmony_encoding) -> None:
     run(go())
 
 
-def test_named_tool_choice_is_prefilled_and_reported(harmony_encoding) -> None:
-    app, engine = _app(harmony_encoding, "{\"location\": \"Oslo\"}<|call|>")
+def test_named_tool_choice_is_constrained_and_reported(harmony_encoding) -> None:
+    app, engine = _app(harmony_encoding, TOOL_CALL)
 
     async def go():
         _, sdk = _clients(app)
@@ -174,9 +177,12 @@ def test_named_tool_choice_is_prefilled_and_reported(harmony_encoding) -> None:
             model=MODEL, messages=[{"role": "user", "content": "x"}], tools=[WEATHER_TOOL],
             tool_choice={"type": "function", "function": {"name": "get_weather"}})
         call = reply.choices[0].message.tool_calls[0]
-        assert (call.function.name, call.function.arguments) == ("get_weather", "{\"location\": \"Oslo\"}")
-        assert harmony_encoding.decode(engine.seen_prompts[-1]).endswith(
-            "to=functions.get_weather <|constrain|>json<|message|>")
+        assert (call.function.name, call.function.arguments) == ("get_weather", "{\"location\": \"Paris\"}")
+        assert reply.choices[0].message.reasoning_content == "Need weather."
+        assert reply.choices[0].finish_reason == "tool_calls"
+        forced = engine.seen_params[-1].structured.forced_call
+        assert forced is not None and "to=functions.get_weather" in forced.source
+        assert harmony_encoding.decode(engine.seen_prompts[-1]).endswith("<|start|>assistant")
     run(go())
 
 
@@ -412,3 +418,40 @@ def test_stream_ends_with_an_error_event_on_unexpected_failure(harmony_encoding,
     assert lines[-1] == "data: [DONE]"
     error = json.loads(lines[-2][5:])["error"]
     assert error["type"] == "server_error" and error["code"] == 500 and "engine exploded" in error["message"]
+
+
+BROKEN_ARGUMENTS = '{"location": Paris'
+BROKEN_CALL = ("<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>"
+               + BROKEN_ARGUMENTS + "<|call|>")
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_unforced_call_with_non_json_arguments_is_returned_as_written(harmony_encoding, stream: bool) -> None:
+    """Under tool_choice auto nothing constrains the arguments (as with OpenAI): what the model
+    wrote comes back, on both APIs, and goes back into the next turn without an error."""
+    app, _ = _app(harmony_encoding, BROKEN_CALL)
+    messages = [{"role": "user", "content": "weather?"}]
+
+    async def go():
+        _, sdk = _clients(app)
+        if stream:
+            chunks = [chunk async for chunk in await sdk.chat.completions.create(
+                model=MODEL, messages=messages, tools=[WEATHER_TOOL], stream=True)]
+            arguments = "".join(call.function.arguments or "" for chunk in chunks for choice in chunk.choices
+                                for call in choice.delta.tool_calls or [])
+            done = [event async for event in await sdk.responses.create(
+                model=MODEL, input="weather?", tools=[RESPONSES_WEATHER], stream=True)
+                if event.type == "response.function_call_arguments.done"]
+            assert arguments == BROKEN_ARGUMENTS and done[0].arguments == BROKEN_ARGUMENTS
+            return
+        reply = await sdk.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER_TOOL])
+        call = reply.choices[0].message.tool_calls[0]
+        assert call.function.arguments == BROKEN_ARGUMENTS and reply.choices[0].finish_reason == "tool_calls"
+        follow_up = messages + [reply.choices[0].message.model_dump(exclude_none=True),
+                                {"role": "tool", "tool_call_id": call.id, "content": "sunny"}]
+        await sdk.chat.completions.create(model=MODEL, messages=follow_up, tools=[WEATHER_TOOL])
+        response = await sdk.responses.create(model=MODEL, input="weather?", tools=[RESPONSES_WEATHER])
+        assert response.output[-1].arguments == BROKEN_ARGUMENTS and response.output[-1].status == "completed"
+        await sdk.responses.create(model=MODEL, previous_response_id=response.id, tools=[RESPONSES_WEATHER], input=[
+            {"type": "function_call_output", "call_id": response.output[-1].call_id, "output": "sunny"}])
+    run(go())

@@ -59,7 +59,6 @@ def test_chat_with_tools_call_and_result_matches_openai_harmony(harmony_encoding
     ])
     prompt = build_chat_prompt(request)
     assert prompt.prompt_ids == expected
-    assert prompt.prefill_ids == []
     text = harmony_encoding.decode(prompt.prompt_ids)
     assert "type get_weather = (_: {" in text and "Reasoning: high" in text
     assert text.endswith("<|start|>assistant")
@@ -85,22 +84,16 @@ def test_drop_keeps_analysis_after_last_final() -> None:
     assert [m.content[0].text for m in kept] == ["q", "f1", "q2", "a2", "{}", "out"]
 
 
-def test_named_tool_choice_prefills_the_call_header(harmony_encoding) -> None:
+@pytest.mark.parametrize("choice", [{"type": "function", "function": {"name": "get_weather"}}, "required"],
+                         ids=["named", "required"])
+def test_forced_tool_choice_leaves_the_header_to_the_grammar(harmony_encoding, choice) -> None:
     request = ChatCompletionRequest.model_validate({
-        "messages": [{"role": "user", "content": "hi"}], "tools": [WEATHER_TOOL],
-        "tool_choice": {"type": "function", "function": {"name": "get_weather"}}})
+        "messages": [{"role": "user", "content": "hi"}], "tools": [WEATHER_TOOL], "tool_choice": choice})
     prompt = build_chat_prompt(request)
-    assert harmony_encoding.decode(prompt.prompt_ids).endswith(
-        "<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>")
-    assert prompt.prompt_ids[-len(prompt.prefill_ids):] == prompt.prefill_ids
-    assert prompt.tool_choice == "named"
-
-
-def test_required_prefills_a_function_recipient(harmony_encoding) -> None:
-    request = ChatCompletionRequest.model_validate({
-        "messages": [{"role": "user", "content": "hi"}], "tools": [WEATHER_TOOL], "tool_choice": "required"})
-    assert harmony_encoding.decode(build_chat_prompt(request).prompt_ids).endswith(
-        "<|start|>assistant<|channel|>commentary to=functions.")
+    # The model may reason before the call: the prompt stops at the role, the grammar does the rest.
+    assert harmony_encoding.decode(prompt.prompt_ids).endswith("<|start|>assistant")
+    assert prompt.structured is not None and prompt.structured.forced_call is not None
+    assert "to=functions.get_weather" in prompt.structured.forced_call.source
 
 
 def test_tool_choice_none_hides_functions(harmony_encoding) -> None:

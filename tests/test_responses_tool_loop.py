@@ -51,6 +51,8 @@ WEATHER = {"type": "function", "name": "get_weather", "description": "Gets the w
 PYTHON_CALL = ("<|channel|>analysis<|message|>Compute it.<|end|>"
                "<|start|>assistant<|channel|>analysis to=python code<|message|>print(6 * 7)<|call|>")
 FINAL_42 = "<|channel|>final<|message|>The answer is 42.<|return|>"
+FUNCTION_CALL_ONLY = ('<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>'
+                      '{"location": "Oslo"}<|call|>')
 
 
 class ScriptedModelDouble:
@@ -60,6 +62,7 @@ class ScriptedModelDouble:
         self.encoding = encoding
         self.scripts = list(scripts)
         self.prompts: list[list[int]] = []
+        self.params: list[SamplingParams] = []
         self.sequences: list[list[int]] = []  # prompt + output of every request: the "prefix cache"
 
     def _cached(self, prompt: list[int]) -> int:
@@ -76,6 +79,7 @@ class ScriptedModelDouble:
     async def generate(self, prompt_ids: list[int], params: SamplingParams,
                        request_id: str) -> AsyncIterator[StreamOutput]:
         self.prompts.append(list(prompt_ids))
+        self.params.append(params)
         cached = self._cached(prompt_ids)
         script = self.scripts.pop(0) if self.scripts else FINAL_42
         script_ids = self.encoding.encode(script, allowed_special="all")
@@ -129,9 +133,9 @@ def sdk_for(app: Any) -> tuple[httpx.AsyncClient, openai.AsyncOpenAI]:
     return http, openai.AsyncOpenAI(base_url="http://test/v1", api_key="none", http_client=http, max_retries=0)
 
 
-async def raw_events(http: httpx.AsyncClient, body: dict[str, Any]) -> list[Any]:
-    """The SSE stream, each event checked against the openai schema and its `event:` line."""
-    events = []
+async def sse_payloads(http: httpx.AsyncClient, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The SSE stream's events as sent, each checked against its `event:` line."""
+    payloads = []
     async with http.stream("POST", "/v1/responses", json={**body, "stream": True}) as reply:
         assert reply.status_code == 200, await reply.aread()
         event_name = None
@@ -139,10 +143,14 @@ async def raw_events(http: httpx.AsyncClient, body: dict[str, Any]) -> list[Any]
             if line.startswith("event: "):
                 event_name = line[len("event: "):]
             elif line.startswith("data: "):
-                event = EVENT.validate_python(json.loads(line[len("data: "):]))
-                assert event.type == event_name
-                events.append(event)
-    return events
+                payloads.append(json.loads(line[len("data: "):]))
+                assert payloads[-1]["type"] == event_name
+    return payloads
+
+
+async def raw_events(http: httpx.AsyncClient, body: dict[str, Any]) -> list[Any]:
+    """The SSE stream, each event checked against the openai schema."""
+    return [EVENT.validate_python(payload) for payload in await sse_payloads(http, body)]
 
 
 def check_event_order(events: list[Any]) -> None:
@@ -360,6 +368,66 @@ def test_request_level_mcp_tool_calls_and_errors(harmony_encoding: Any, calc_url
     assert "response.mcp_call.completed" in mcp_kinds and mcp_kinds[-1] == "response.mcp_call.failed"
 
 
+# --- generation cut off inside a call ---
+
+CUT_CALLS = {  # kind -> (tools, item type, header, the call's text, the item field that carries the text)
+    "python": ([{"type": "code_interpreter", "container": {"type": "auto"}}], "code_interpreter_call",
+               "<|channel|>analysis to=python code<|message|>", "import math\nprint(math.factorial(20) % 97)", "code"),
+    "mcp": ([{"type": "mcp", "server_label": "calc", "require_approval": "never"}], "mcp_call",
+            "<|channel|>commentary to=calc.add <|constrain|>json<|message|>", '{"a": 1234567, "b": 7654321}',
+            "arguments"),
+    "function": ([WEATHER], "function_call", "<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>",
+                 '{"location": "San Francisco, California"}', "arguments"),
+}
+
+
+@pytest.mark.parametrize("kind", list(CUT_CALLS))
+def test_call_cut_by_max_output_tokens_ends_incomplete_with_its_text(harmony_encoding: Any, kind: str,
+                                                                    request: pytest.FixtureRequest) -> None:
+    tools, item_type, header, text, field = CUT_CALLS[kind]
+    if kind == "python":
+        tool_server: ToolServer | None = python_tool()
+    elif kind == "mcp":
+        tools = [{**tools[0], "server_url": request.getfixturevalue("calc_url")}]
+        tool_server = None
+    else:
+        tool_server = None
+    header_tokens = len(harmony_encoding.encode(header, allowed_special="all"))
+    kept_tokens = 4  # of the call's text, before max_output_tokens cuts it
+    kept = harmony_encoding.decode(harmony_encoding.encode(text, allowed_special="all")[:kept_tokens])
+    app, engine = make_app(harmony_encoding, [header + text + "<|call|>"] * 2, tool_server)
+    body = {"model": MODEL, "input": "x", "tools": tools, "max_output_tokens": header_tokens + kept_tokens}
+
+    async def go() -> tuple[Response, Response, list[dict[str, Any]]]:
+        http, sdk = sdk_for(app)
+        response = await sdk.responses.create(**body)
+        return response, await sdk.responses.retrieve(response.id), await sse_payloads(http, body)
+
+    response, stored, payloads = run(go())
+    events = [EVENT.validate_python(payload) for payload in payloads]
+    check_event_order(events)  # every item added is done
+    assert events[-1].type == "response.incomplete"
+    for final in (response, stored, events[-1].response):
+        assert final.status == "incomplete" and final.incomplete_details.reason == "max_output_tokens"
+        item = final.output[-1]
+        assert (item.type, item.status, getattr(item, field)) == (item_type, "incomplete", kept)
+    done = [event.item for event in events if event.type == "response.output_item.done"][-1]
+    assert (done.type, done.status, getattr(done, field)) == (item_type, "incomplete", kept)
+    assert "".join(getattr(event, "delta", "") for event in events if event.type.endswith("delta")) == kept
+    assert len(engine.prompts) == 2  # one step per request: the cut call never ran
+
+
+def test_function_call_arguments_done_has_only_openai_fields(harmony_encoding: Any) -> None:
+    app, _ = make_app(harmony_encoding, [FUNCTION_CALL_ONLY])
+
+    async def go() -> list[dict[str, Any]]:
+        http, _ = sdk_for(app)
+        return await sse_payloads(http, {"model": MODEL, "input": "x", "tools": [WEATHER]})
+
+    done = [payload for payload in run(go()) if payload["type"] == "response.function_call_arguments.done"]
+    assert len(done) == 1 and set(done[0]) == {"type", "sequence_number", "item_id", "output_index", "arguments"}
+
+
 # --- function tools, conversation, tool_choice, validation ---
 
 FUNCTION_CALL = ('<|channel|>analysis<|message|>Need weather.<|end|><|start|>assistant<|channel|>commentary '
@@ -411,9 +479,10 @@ def test_finished_turn_reasoning_is_dropped_on_continuation(harmony_encoding: An
     assert "q1" in second_prompt and "The answer is 42." in second_prompt and "q2" in second_prompt
 
 
-def test_tool_choice_is_enforced_by_prefill(harmony_encoding: Any) -> None:
-    app, engine = make_app(harmony_encoding, ['{"location": "Oslo"}<|call|>', FINAL_42])
-
+def test_tool_choice_forces_the_first_reply_only(harmony_encoding: Any) -> None:
+    app, engine = make_app(harmony_encoding, [
+        '<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"location": "Oslo"}<|call|>',
+        FINAL_42])
     async def go() -> tuple[Response, Response]:
         _, sdk = sdk_for(app)
         named = await sdk.responses.create(model=MODEL, input="x", tools=[WEATHER],
@@ -422,8 +491,11 @@ def test_tool_choice_is_enforced_by_prefill(harmony_encoding: Any) -> None:
         return named, none
 
     named, _ = run(go())
-    assert harmony_encoding.decode(engine.prompts[0]).endswith("to=functions.get_weather <|constrain|>json<|message|>")
+    forced = engine.params[0].structured.forced_call
+    assert forced is not None and "to=functions.get_weather" in forced.source
+    assert harmony_encoding.decode(engine.prompts[0]).endswith("<|start|>assistant")
     assert named.output[0].type == "function_call" and named.output[0].arguments == '{"location": "Oslo"}'
+    assert engine.params[1].structured is None
     assert "get_weather" not in harmony_encoding.decode(engine.prompts[1])
 
 
@@ -443,6 +515,26 @@ def test_reasoning_effort_three_ways(harmony_encoding: Any) -> None:
     assert "Reasoning: high" in prompts[2] and "Be brief." in prompts[2] and "Reasoning: high" not in prompts[2].split(
         "# Instructions")[-1]
     assert "Reasoning: medium" in prompts[3]
+
+
+@pytest.mark.parametrize("demo_tools, backend, key", [(True, None, "EXA_API_KEY or YDC_API_KEY"),
+                                                       (False, "you", "YDC_API_KEY")], ids=["demo-on", "no-tools"])
+def test_web_search_without_a_key_is_refused_naming_the_key(harmony_encoding: Any, monkeypatch: pytest.MonkeyPatch,
+                                                            demo_tools: bool, backend: str | None, key: str) -> None:
+    if backend:
+        monkeypatch.setenv("BROWSER_BACKEND", backend)
+    app, _ = make_app(harmony_encoding, [], python_tool() if demo_tools else None)
+
+    async def go() -> openai.BadRequestError:
+        _, sdk = sdk_for(app)
+        with pytest.raises(openai.BadRequestError) as caught:
+            await sdk.responses.create(model=MODEL, input="x", tools=[{"type": "web_search_preview"}])
+        return caught.value
+
+    error = run(go())
+    assert f"set {key} in the server's environment" in error.message
+    assert ("--tool-server demo" in error.message) is not demo_tools  # the flag only where it is missing too
+    assert error.body["param"] == "tools[0].type" and error.body["code"] == "tool_not_enabled"
 
 
 @pytest.mark.parametrize("body, fragment", [
@@ -516,6 +608,8 @@ def test_background_cancel_stops_the_loop(harmony_encoding: Any) -> None:
     queued, cancelled, retrieved = run(go())
     assert queued.status == "queued" and queued.background is True
     assert cancelled.status == "cancelled" and retrieved.status == "cancelled"
+    call = retrieved.output[-1]  # cancelled while its code ran: it ends incomplete, with the code
+    assert (call.type, call.status, call.code) == ("code_interpreter_call", "incomplete", "import time; time.sleep(30)")
     assert isinstance(app.state.responses, ResponsesService)
 
 

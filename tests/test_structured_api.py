@@ -131,3 +131,89 @@ def test_bad_schemas_are_400_naming_the_problem(base_url: str, path: str, body: 
     assert reply.status_code == 400, reply.text
     error = reply.json()["error"]
     assert error["param"] == param and fragment in error["message"], error
+
+
+# A forced call (tool_choice named or required) to a tool without `strict`: the arguments are still
+# one JSON object with the tool's keys, the call ends the reply. Random weights write unbounded
+# strings, so a reply may be cut inside the arguments by max_tokens ("length"); every reply that
+# ends is a finished call, and some do.
+LOOSE_WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Gets the weather",
+    "parameters": {"type": "object", "properties": {"location": {"type": "string"}, "unit": {"enum": ["c", "f"]}}}}}
+STRICT_LOOKUP = {"type": "function", "function": {"name": "lookup", "parameters": SCHEMAS["flat"], "strict": True}}
+WEATHER_KEYS = {"location", "unit"}
+FORCED_SEEDS = (9, 10)
+
+
+def streamed_chat_call(sdk: openai.OpenAI, **kwargs) -> tuple[str, str, str]:
+    """(name, arguments, finish_reason) from the chunks of a streamed chat completion."""
+    name = arguments = finish = ""
+    for chunk in sdk.chat.completions.create(stream=True, **kwargs):
+        for choice in chunk.choices:
+            for call in choice.delta.tool_calls or []:
+                name += call.function.name or ""
+                arguments += call.function.arguments or ""
+            finish = choice.finish_reason or finish
+    return name, arguments, finish
+
+
+@pytest.mark.parametrize("choice, stream", [({"type": "function", "function": {"name": "get_weather"}}, False),
+                                            ("required", True)], ids=["named", "required-stream"])
+def test_chat_forced_call_is_json_and_ends_the_reply(sdk: openai.OpenAI, choice, stream: bool) -> None:
+    finished = 0
+    for seed in FORCED_SEEDS:
+        kwargs = dict(model="x", messages=MESSAGES, tools=[LOOSE_WEATHER, STRICT_LOOKUP], tool_choice=choice,
+                      seed=seed, max_tokens=40, extra_body={"max_reasoning_tokens": 6})
+        if stream:
+            name, arguments, finish = streamed_chat_call(sdk, **kwargs)
+        else:
+            reply = sdk.chat.completions.create(**kwargs)
+            call = reply.choices[0].message.tool_calls[0]
+            name, arguments, finish = call.function.name, call.function.arguments, reply.choices[0].finish_reason
+        assert name == "get_weather" if choice != "required" else name in ("get_weather", "lookup")
+        assert finish in ("tool_calls", "length")
+        if finish == "tool_calls":
+            finished += 1
+            parsed = json.loads(arguments)
+            if name == "lookup":
+                jsonschema.validate(parsed, SCHEMAS["flat"])
+            else:
+                assert set(parsed) <= WEATHER_KEYS
+    assert finished >= 1
+
+
+def test_chat_forced_call_without_max_tokens_stops_at_the_call(sdk: openai.OpenAI) -> None:
+    # Seed 9 is one whose random-weight reply closes the arguments (see the test above).
+    reply = sdk.chat.completions.create(model="x", messages=MESSAGES, tools=[LOOSE_WEATHER, STRICT_LOOKUP], seed=9,
+                                        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+                                        extra_body={"max_reasoning_tokens": 6})
+    assert reply.choices[0].finish_reason == "tool_calls" and reply.usage.completion_tokens < 64
+    assert set(json.loads(reply.choices[0].message.tool_calls[0].function.arguments)) <= WEATHER_KEYS
+
+
+@pytest.mark.parametrize("choice, stream", [({"type": "function", "name": "get_weather"}, True),
+                                            ("required", False)], ids=["named-stream", "required"])
+def test_responses_forced_call_is_json_and_ends_the_reply(sdk: openai.OpenAI, choice, stream: bool) -> None:
+    tools = [{"type": "function", **tool["function"]} for tool in (LOOSE_WEATHER, STRICT_LOOKUP)]
+    finished = 0
+    for seed in FORCED_SEEDS:
+        kwargs = dict(model="x", input=MESSAGES[0]["content"], tools=tools, tool_choice=choice,
+                      max_output_tokens=40, extra_body={"max_reasoning_tokens": 6, "seed": seed})
+        if stream:
+            events = list(sdk.responses.create(stream=True, **kwargs))
+            response = events[-1].response
+            done = [event.item for event in events if event.type == "response.output_item.done"]
+            assert done[-1] == response.output[-1]  # the call is done in the stream too, complete or cut
+        else:
+            response = sdk.responses.create(**kwargs)
+        call = response.output[-1]
+        assert call.type == "function_call" and [item.type for item in response.output[:-1]] in ([], ["reasoning"])
+        assert call.name == "get_weather" if choice != "required" else call.name in ("get_weather", "lookup")
+        if response.status == "completed":
+            finished += 1
+            assert call.status == "completed"
+            parsed = json.loads(call.arguments)
+            assert set(parsed) <= (WEATHER_KEYS if call.name == "get_weather" else set(SCHEMAS["flat"]["properties"]))
+        else:
+            assert (response.status, call.status) == ("incomplete", "incomplete") and call.arguments
+    assert finished >= 1

@@ -90,8 +90,9 @@ def test_harmony_answer_validates_after_free_reasoning(llm: LLM, chat_prompt: li
 
 def test_strict_function_arguments_end_in_call(llm: LLM, harmony_encoding) -> None:
     schema = SCHEMAS["flat"]
-    prompt = render.render_prompt([render.user_message("weather?")], render.PromptSettings(),
-                                  assistant_prefill=render.function_call_prefill("get_weather"))
+    # A random-weight model never writes a call header itself: the prompt ends with one.
+    prompt = render.render_prompt([render.user_message("weather?")], render.PromptSettings()) + harmony_encoding.encode(
+        "<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>", allowed_special="all")
     spec = StructuredOutput(function_args={"get_weather": GrammarSpec("json_schema", json.dumps(schema))})
     for seed in range(3):
         output = llm.generate([prompt], harmony_params(spec, seed=seed))[0]

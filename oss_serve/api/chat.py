@@ -17,7 +17,6 @@ from openai.types.chat.chat_completion_token_logprob import ChatCompletionTokenL
 from oss_serve.api.access_log import name_request
 from oss_serve.api.chat_conversation import ChatPrompt, build_chat_prompt
 from oss_serve.api.engine_client import collect_until_disconnected
-from oss_serve.api.errors import APIError
 from oss_serve.api.protocol import ChatCompletionRequest
 from oss_serve.api.sampling import build_sampling_params, resolve_max_new_tokens
 from oss_serve.api.sse import ending_with_done, sse_data
@@ -140,7 +139,7 @@ def _new_choice(prompt: ChatPrompt, request: ChatCompletionRequest) -> _ChatChoi
     parser = HarmonyOutputParser(function_names=prompt.function_names)
     choice = _ChatChoice(parser, allow_tool_calls=prompt.tool_choice != "none",
                          inline_reasoning=not request.separate_reasoning)
-    choice.apply(parser.start_assistant_reply(prompt.prefill_ids))  # a prefilled call header opens a call
+    parser.start_assistant_reply()
     return choice
 
 
@@ -233,15 +232,8 @@ async def _stream_events(request: ChatCompletionRequest, state: ServingState,
         return chunk_types.ChoiceDelta(**fields)  # type: ignore[arg-type]
 
     stream_reasoning = request.stream_reasoning
-    for index, choice in enumerate(choices):
-        opening = _DeltaParts(tool_calls=[
-            chunk_types.ChoiceDeltaToolCall(index=i, id=call.id, type="function",
-                                            function=chunk_types.ChoiceDeltaToolCallFunction(
-                                                name=call.name, arguments=""))
-            for i, call in enumerate(choice.tool_calls)])  # a prefilled call is known up front
-        yield chunk(index, chunk_types.ChoiceDelta(role="assistant", content="",
-                                                   **({"tool_calls": opening.tool_calls}
-                                                      if opening.tool_calls else {})))
+    for index in range(len(choices)):
+        yield chunk(index, chunk_types.ChoiceDelta(role="assistant", content=""))
     async for index, output in state.generator.merged(jobs):
         choice = choices[index]
         parts = choice.add(output)

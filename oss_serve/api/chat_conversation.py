@@ -1,12 +1,9 @@
-"""A chat completions request -> harmony prompt ids, with tool_choice turned into a prefill.
+"""A chat completions request -> harmony prompt ids, and what the engine must hold the reply to.
 
 tool_choice is enforced by what the model may write, not by asking it:
-- a named function: the prompt ends with the whole call header
-  `<|start|>assistant<|channel|>commentary to=functions.NAME <|constrain|>json<|message|>`, so the
-  model can only write that function's arguments;
-- "required": the prompt ends with `<|start|>assistant<|channel|>commentary to=functions.`, so the
-  model must call some function (it picks the name) and cannot answer without a call. The price:
-  no reasoning before the call in that turn;
+- a named function, or "required": the reply is constrained end to end (see
+  structured_outputs.py): the model may reason first, then must call that function (or one of
+  the given functions) with JSON arguments, and the call ends the reply;
 - "none": no function is shown to the model, and any call it still writes is dropped.
 """
 from __future__ import annotations
@@ -18,11 +15,11 @@ from openai_harmony import Message
 
 from oss_serve.api.errors import APIError
 from oss_serve.api.protocol import ChatCompletionRequest, ChatMessageIn, NamedToolChoice
-from oss_serve.api.structured_outputs import (StrictFunction, answer_format, harmony_structured_output,
+from oss_serve.api.structured_outputs import (StrictFunction, answer_format, forced_call_output,
+                                              function_call_target, harmony_structured_output,
                                               max_reasoning_tokens, strict_function_grammars,
                                               with_format_instructions)
 from oss_serve.harmony import render
-from oss_serve.harmony.encoding import get_harmony_encoding
 from oss_serve.structured.spec import StructuredOutput
 
 ToolChoiceMode = Literal["none", "auto", "required", "named"]
@@ -31,10 +28,9 @@ ToolChoiceMode = Literal["none", "auto", "required", "named"]
 @dataclass
 class ChatPrompt:
     prompt_ids: list[int]
-    prefill_ids: list[int]  # the end of prompt_ids that opens the assistant reply's header
     function_names: list[str] = field(default_factory=list)
     tool_choice: ToolChoiceMode = "auto"
-    structured: StructuredOutput | None = None  # response_format and strict tools, for the engine
+    structured: StructuredOutput | None = None  # response_format, strict tools or a forced call, for the engine
 
 
 def _tool_choice_mode(request: ChatCompletionRequest) -> tuple[ToolChoiceMode, str | None]:
@@ -101,18 +97,18 @@ def build_chat_prompt(request: ChatCompletionRequest,
         reasoning_effort=request.reasoning_effort or "medium",
         function_tools=function_tools,
     )
-    prefill = ""
-    if mode == "named":
-        prefill = render.function_call_prefill(named_function or "")
-    elif mode == "required":
-        prefill = render.any_function_call_prefill()
-    prompt_ids = render.render_prompt(history, settings, assistant_prefill=prefill, encode_text=encode_text)
-    prefill_ids = get_harmony_encoding().encode(prefill, allowed_special="all") if prefill else []
+    prompt_ids = render.render_prompt(history, settings, encode_text=encode_text)
     strict_tools = [] if mode == "none" else [
         (index, tool) for index, tool in enumerate(request.tools or []) if (tool.function.model_extra or {}).get("strict")]
     strict = strict_function_grammars(
         StrictFunction(tool.function.name, tool.function.parameters, f"tools[{index}].function.parameters")
         for index, tool in strict_tools)
-    structured = harmony_structured_output(answer, strict, reasoning_budget=max_reasoning_tokens(request.model_extra),
-                                           calls_allowed=bool(function_tools))
-    return ChatPrompt(prompt_ids, prefill_ids, [tool.name for tool in function_tools], mode, structured)
+    reasoning_budget = max_reasoning_tokens(request.model_extra)
+    if mode in ("named", "required"):
+        structured = forced_call_output(
+            [function_call_target(tool.name, tool.parameters, strict) for tool in function_tools
+             if mode == "required" or tool.name == named_function], reasoning_budget=reasoning_budget)
+    else:
+        structured = harmony_structured_output(answer, strict, reasoning_budget=reasoning_budget,
+                                               calls_allowed=bool(function_tools))
+    return ChatPrompt(prompt_ids, [tool.name for tool in function_tools], mode, structured)

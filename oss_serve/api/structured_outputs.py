@@ -4,6 +4,9 @@
   final answer; the schema is also shown to the model in the developer message under
   `# Response Formats`, as harmony expects, so it knows what the fields mean.
 - Function tools with `strict: true` constrain their call arguments to `parameters`.
+- A forced call (tool_choice named or required) constrains the whole reply: reasoning, then a
+  call to one of the allowed tools, its arguments held to the strict schema or else to a JSON
+  object with the keys the tool names, then `<|call|>`, which ends the generation.
 - The model reasons freely first. `max_reasoning_tokens` (an extra body field) caps that: once
   the reply has used that many tokens without starting the answer, the engine writes the final
   header itself; 0 skips reasoning. Left out, it is half of the output budget, so a long
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from oss_serve.api.errors import APIError
+from oss_serve.structured.call_grammar import CallTarget, forced_call_grammar, loose_arguments_schema
 from oss_serve.structured.grammar import JSON_OBJECT_SCHEMA, GrammarError, check_grammar
 from oss_serve.structured.spec import GrammarSpec, StructuredOutput
 
@@ -88,6 +92,20 @@ def strict_function_grammars(functions: Iterable[StrictFunction]) -> dict[str, G
     return {function.name: _checked(GrammarSpec("json_schema", _schema_text(
         function.parameters or EMPTY_ARGUMENTS_SCHEMA, function.param)), function.param)
         for function in functions}
+
+
+def function_call_target(name: str, parameters: Any, strict: Mapping[str, GrammarSpec]) -> CallTarget:
+    """A call to `functions.name`: its arguments under the strict schema where there is one."""
+    schema = strict[name].source if name in strict else json.dumps(
+        loose_arguments_schema(parameters if isinstance(parameters, Mapping) else None))
+    return CallTarget(f"functions.{name}", "commentary", schema)
+
+
+def forced_call_output(targets: list[CallTarget], *, reasoning_budget: int | None,
+                       param: str = "tool_choice") -> StructuredOutput:
+    """The reply must be one call to one of `targets` (after reasoning, unless the budget is 0)."""
+    grammar = _checked(forced_call_grammar(targets, reasoning=reasoning_budget != 0), param)
+    return StructuredOutput(forced_call=grammar, reasoning_budget=reasoning_budget)
 
 
 def max_reasoning_tokens(extra: Mapping[str, Any] | None) -> int | None:

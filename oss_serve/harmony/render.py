@@ -111,14 +111,13 @@ def drop_finished_turn_analysis(history: Sequence[Message]) -> list[Message]:
 
 
 def render_prompt(history: Sequence[Message], settings: PromptSettings, *,
-                  assistant_prefill: str = "", encode_text: Callable[[str], list[int]] | None = None) -> list[int]:
+                  encode_text: Callable[[str], list[int]] | None = None) -> list[int]:
     """Prompt ids for the next assistant message: system, developer, then `history`.
 
-    `history` holds user, assistant and tool messages only. `assistant_prefill` continues the
-    final `<|start|>assistant` header (see `function_call_prefill`). `encode_text` (the checkpoint's
-    tokenizer: same vocabulary, specials as plain text) tokenizes the text of long history messages:
-    openai-harmony's encoder takes time quadratic in the length of an unbroken run of letters or
-    punctuation (300,000 letters: 45 s, holding the GIL), the tokenizers library linear.
+    `history` holds user, assistant and tool messages only. `encode_text` (the checkpoint's tokenizer:
+    same vocabulary, specials as plain text) tokenizes the text of long history messages: openai-harmony's
+    encoder takes time quadratic in the length of an unbroken run of letters or punctuation (300,000
+    letters: 45 s, holding the GIL), the tokenizers library linear.
     """
     messages = [system_message(settings)]
     developer = developer_message(settings)
@@ -150,8 +149,6 @@ def render_prompt(history: Sequence[Message], settings: PromptSettings, *,
         raise UnrenderableText(f"openai-harmony failed to render the prompt ({error})") from None
     if long_texts:
         ids = _spliced(ids, long_texts, encode_text)  # type: ignore[arg-type]
-    if assistant_prefill:
-        ids = ids + encoding.encode(assistant_prefill, allowed_special="all")
     return ids
 
 
@@ -166,21 +163,6 @@ def _spliced(ids: list[int], texts: dict[int, str], encode_text: Callable[[str],
                 spliced.extend(encode_text(texts[message_index]))
             message_index += 1
     return spliced
-
-
-def function_call_prefill(function_name: str) -> str:
-    """Header text that commits the next assistant message to calling `function_name`.
-
-    Appended after the prompt's `<|start|>assistant`, it leaves the model only the JSON
-    arguments to write, so a named tool_choice is enforced rather than requested.
-    """
-    return f"<|channel|>{COMMENTARY} to={FUNCTIONS_NAMESPACE}.{function_name} <|constrain|>json<|message|>"
-
-
-def any_function_call_prefill() -> str:
-    """Header text that commits the next assistant message to some function call; the model
-    still picks which (tool_choice "required")."""
-    return f"<|channel|>{COMMENTARY} to={FUNCTIONS_NAMESPACE}."
 
 
 # --- history message builders, one per kind of earlier item ---

@@ -6,6 +6,10 @@ the turn without the answer it owes. Once the reasoning budget is spent, the eng
 final header itself, one forced token per step. When a grammar is complete its end bit, which
 the library puts on `<|return|>`, is moved to the token that ends that content: `<|return|>`
 after the answer, `<|call|>` after call arguments, the model's EOS in raw mode.
+
+A forced call's grammar covers the whole reply instead (reasoning, then the call) and stays live
+from the first token to the call's end; once the reasoning budget is spent the engine closes
+the reasoning message itself, which leaves the grammar only the call.
 """
 from __future__ import annotations
 
@@ -67,16 +71,21 @@ class RequestConstraint:
             ends_without_answer.add(harmony_ids.CALL)
         self._ends_without_answer = tuple(sorted(ends_without_answer))
         self._tracker: HarmonyTracker | None = None
+        self._whole_reply = spec.harmony and spec.forced_call is not None
         if not spec.harmony:
             if self._answer is not None:
                 self._active = GrammarStep(self._answer, eos_token_ids[0] if eos_token_ids else harmony_ids.RETURN)
             return
         self._tracker = HarmonyTracker.after_prompt(prompt_ids, tokenizer.decode_str)
-        if self._tracker.phase == Phase.CONTENT and self._tracker.header is not None:
+        if spec.forced_call is not None:
+            self._active = GrammarStep(new_matcher(tokenizer, spec.forced_call), harmony_ids.CALL)
+        elif self._tracker.phase == Phase.CONTENT and self._tracker.header is not None:
             self._open(self._tracker.header)  # the prompt prefilled a whole header
 
     def next_step_mask(self) -> StepMask:
         """What constrains the next token (None: nothing)."""
+        if self._whole_reply and self._reasoning_over_budget():
+            self._forced.extend(self._tokenizer.tokenize_str("<|end|><|start|>assistant", parse_special=True))
         if self._forced:
             return ForcedStep(self._forced[0])
         if self._active is not None:
@@ -101,10 +110,20 @@ class RequestConstraint:
             self._unconsumed.append(token)
         if self._tracker is None:
             return
+        if self._whole_reply:
+            self._tracker.feed(token)
+            return
         if self._tracker.feed(token) and self._tracker.header is not None:
             self._open(self._tracker.header)
         elif self._tracker.phase != Phase.CONTENT:
             self._active = None
+
+    def _reasoning_over_budget(self) -> bool:
+        """In a forced call's reply: the reasoning message is open and has had its tokens."""
+        assert self._tracker is not None
+        header = self._tracker.header
+        return (not self._forced and self._num_output >= self._reasoning_budget
+                and self._tracker.phase == Phase.CONTENT and header is not None and header.is_reasoning)
 
     def _open(self, header: MessageHeader) -> None:
         self._active = None

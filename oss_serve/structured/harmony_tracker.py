@@ -34,6 +34,10 @@ class MessageHeader:
         # `final <|constrain|>json` (how structured answers are often written) is still final.
         return self.channel == "final" and self.recipient is None
 
+    @property
+    def is_reasoning(self) -> bool:
+        return self.channel == "analysis" and self.recipient is None
+
 
 class HarmonyTracker:
     def __init__(self, decode: Callable[[list[int]], str], phase: Phase = Phase.HEADER) -> None:

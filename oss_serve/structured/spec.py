@@ -24,6 +24,8 @@ class StructuredOutput:
     `final` message and `function_args[name]` the arguments of a call to `functions.name`;
     everything else (analysis, preambles, other calls) is free. After `reasoning_budget` output
     tokens without the answer having started, the engine writes the final header itself.
+    `forced_call` (tool_choice named or required) instead constrains the whole reply: reasoning,
+    then a call (see call_grammar.py); once the budget is spent the engine closes the reasoning.
     """
     answer: GrammarSpec | None = None
     function_args: dict[str, GrammarSpec] = field(default_factory=dict)
@@ -31,3 +33,4 @@ class StructuredOutput:
     reasoning_budget: int | None = None  # None: half of the request's output budget
     # harmony: whether the turn may end in a tool call (`<|call|>`) instead of the answer.
     calls_allowed: bool = True
+    forced_call: GrammarSpec | None = None  # harmony: the reply's grammar; the other grammars then do not apply

@@ -129,6 +129,12 @@ def choose_search_backend(requested: str | None = None) -> SearchBackend | None:
         return YouComBackend(you_key)
     if choice not in ("", "exa", "you", "youcom", "you.com", "ydc"):
         raise ValueError(f"unknown browser backend {choice!r}: use exa or you")
-    wanted = {"exa": "EXA_API_KEY", "": "EXA_API_KEY or YDC_API_KEY"}.get(choice, "YDC_API_KEY")
-    logger.warning("browser tool disabled: set %s to enable web search", wanted)
+    logger.warning("browser tool disabled: set %s to enable web search", missing_search_key(requested))
     return None
+
+
+def missing_search_key(requested: str | None = None) -> str:
+    """The environment variable(s) web search needs, for the backend BROWSER_BACKEND (or
+    `requested`) names: what to tell someone whose server has no search key."""
+    choice = (requested or os.environ.get("BROWSER_BACKEND") or "").strip().lower()
+    return {"exa": "EXA_API_KEY", "": "EXA_API_KEY or YDC_API_KEY"}.get(choice, "YDC_API_KEY")

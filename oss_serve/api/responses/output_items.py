@@ -101,6 +101,12 @@ class OpenItem:
     text: str = ""
     cited: CitedText | None = None
     call_id: str = ""
+    ended: bool = False  # the model's part is over (written out, or cut off)
+
+    @property
+    def cut_off(self) -> bool:
+        """Generation stopped (length, abort, cancel) before the model ended this message."""
+        return self.message.terminator is None
 
 
 class OutputAssembler:
@@ -219,13 +225,16 @@ class OutputAssembler:
                           annotation=annotation)
 
     def _end(self, item: OpenItem) -> None:
+        """The model's part of the item is over; an item cut off is done now, as `incomplete`."""
+        item.ended = True
         ids = {"item_id": item.item_id, "output_index": item.output_index}
+        status = "incomplete" if item.cut_off else "completed"
         if item.kind == "reasoning":
             self.log.emit(ResponseReasoningTextDoneEvent, **ids, content_index=0, text=item.text)
             part = {"type": "reasoning_text", "text": item.text}
             self.log.emit(ResponseContentPartDoneEvent, **ids, content_index=0, part=part)
             self._done(item.output_index, ResponseReasoningItem(
-                id=item.item_id, summary=[], content=[part], type="reasoning", status="completed"))  # type: ignore[list-item]
+                id=item.item_id, summary=[], content=[part], type="reasoning", status=status))  # type: ignore[list-item,arg-type]
         elif item.kind == "message":
             assert item.cited is not None
             self._emit_text(item, *item.cited.add("", final=True))
@@ -234,29 +243,37 @@ class OutputAssembler:
             self.log.emit(ResponseTextDoneEvent, **ids, content_index=0, text=item.cited.shown, logprobs=[])
             self.log.emit(ResponseContentPartDoneEvent, **ids, content_index=0, part=part)
             self._done(item.output_index, ResponseOutputMessage(
-                id=item.item_id, content=[part], role="assistant",
-                status="completed" if item.message.terminator else "incomplete", type="message"))
+                id=item.item_id, content=[part], role="assistant", status=status, type="message"))  # type: ignore[arg-type]
         elif item.kind == "function_call":
             self.function_calls += 1
-            self.log.emit(ResponseFunctionCallArgumentsDoneEvent, **ids, arguments=item.text,
-                          name=item.message.function_name)
-            self._done(item.output_index, self._function_call(item, "completed"))
+            self.log.emit(ResponseFunctionCallArgumentsDoneEvent, **ids, arguments=item.text)
+            self._done(item.output_index, self._function_call(item, status))
         elif item.kind == "code_interpreter":
             self.log.emit(ResponseCodeInterpreterCallCodeDoneEvent, **ids, code=item.text)
+            self._tool_call_written(item)
         elif item.kind == "mcp":
             self.log.emit(ResponseMcpCallArgumentsDoneEvent, **ids, arguments=item.text)
+            self._tool_call_written(item)
         # web_search and unknown tools: nothing streams before the call runs
 
-    def finish_open_items(self) -> None:
-        """Items still open when generation stopped early (length, cancel) end as they are."""
-        for key, item in list(self._open.items()):
-            if key[0] == self.step and item.message.terminator is None and item.output_index >= 0:
-                if item.kind in ("reasoning", "message", "function_call") and not self._is_done(item):
-                    self._end(item)
+    def _tool_call_written(self, item: OpenItem) -> None:
+        """A built-in or MCP call's code / arguments are complete: the item shows them while the tool
+        runs; one cut off will never run and is done."""
+        if item.cut_off:
+            self._done(item.output_index, self._tool_call(item, "incomplete"))
+        else:
+            self.output[item.output_index] = self._tool_call(item, "in_progress")
 
-    def _is_done(self, item: OpenItem) -> bool:
-        current = self.output[item.output_index]
-        return getattr(current, "status", None) in ("completed", "incomplete")
+    def finish_open_items(self) -> None:
+        """Generation stopped early (cancel, failure): items still open end as `incomplete`, with what
+        they carried, including a tool call whose tool never answered."""
+        for key, item in list(self._open.items()):
+            if key[0] != self.step or item.output_index < 0:
+                continue
+            if not item.ended:
+                self._end(item)
+            if getattr(self.output[item.output_index], "status", None) not in ("completed", "incomplete", "failed"):
+                self._done(item.output_index, self._tool_call(item, "incomplete"))
 
     # --- built-in tool calls ---
 
@@ -293,6 +310,14 @@ class OutputAssembler:
                                                          result))
 
     # --- item objects ---
+
+    def _tool_call(self, item: OpenItem, status: str) -> BaseModel:
+        """A built-in or MCP call item, without a result."""
+        if item.kind == "code_interpreter":
+            return self._code_call(item, status, None)
+        if item.kind == "mcp":
+            return self._mcp_call(item, status)
+        return self._web_search_call(item, status, None)
 
     def _function_call(self, item: OpenItem, status: str) -> ResponseFunctionToolCall:
         return ResponseFunctionToolCall(id=item.item_id, call_id=item.call_id, name=item.message.function_name or "",

@@ -14,12 +14,13 @@ from oss_serve.api.responses.response_run import ResponseRun
 from oss_serve.api.responses.tool_setup import ResponseTools, resolve_tools
 from oss_serve.api.sampling import resolve_max_new_tokens, validated
 from oss_serve.api.state import ServingState, new_id
-from oss_serve.api.structured_outputs import (StrictFunction, answer_format, harmony_structured_output,
-                                              max_reasoning_tokens, strict_function_grammars,
-                                              with_format_instructions)
+from oss_serve.api.structured_outputs import (StrictFunction, answer_format, forced_call_output,
+                                              harmony_structured_output, max_reasoning_tokens,
+                                              strict_function_grammars, with_format_instructions)
 from oss_serve.engine.sampling_params import SamplingParams
 from oss_serve.harmony import render
-from oss_serve.harmony.encoding import get_harmony_encoding, stop_token_ids_for_assistant
+from oss_serve.harmony.encoding import stop_token_ids_for_assistant
+from oss_serve.structured.spec import StructuredOutput
 from oss_serve.tools.base import ToolServer
 
 
@@ -29,8 +30,8 @@ class PreparedResponse:
     tools: ResponseTools
     settings: render.PromptSettings
     prompt_ids: list[int]
-    prefill_ids: list[int]
     sampling: SamplingParams  # max_new_tokens is set per loop step
+    first_reply_structured: StructuredOutput | None  # tool_choice's forced call, else sampling's
 
 
 async def prepare_response(request: ResponsesRequest, state: ServingState, server_tools: ToolServer | None,
@@ -62,24 +63,26 @@ async def prepare_response(request: ResponsesRequest, state: ServingState, serve
     instructions = with_format_instructions(instructions, answer)
 
     reasoning_budget = max_reasoning_tokens(request.model_extra)  # may 400: before MCP servers are connected
-    tools = await resolve_tools(request, server_tools, mcp_call_timeout_s=state.server_args.tool_timeout)
+    tools = await resolve_tools(request, server_tools, mcp_call_timeout_s=state.server_args.tool_timeout,
+                                strict=strict)
     try:
         settings = render.PromptSettings(instructions=instructions, reasoning_effort=effort,
                                          function_tools=tools.function_tools, tool_namespaces=tools.namespaces)
-        prompt_ids = render.render_prompt(conversation.messages, settings, assistant_prefill=tools.prefill,
+        prompt_ids = render.render_prompt(conversation.messages, settings,
                                           encode_text=state.tokenizer.encode if state.tokenizer else None)
         resolve_max_new_tokens(len(prompt_ids), request.max_output_tokens, state.context_length,
                                prompt_param="input", max_tokens_param="max_output_tokens")
+        sampling.structured = harmony_structured_output(
+            answer, strict, reasoning_budget=reasoning_budget,
+            calls_allowed=bool(tools.function_tools or tools.namespaces))
+        first_reply_structured = (forced_call_output(tools.forced_targets, reasoning_budget=reasoning_budget)
+                                  if tools.forced_targets else sampling.structured)
     except BaseException:
         await tools.aclose()
         raise
-    prefill_ids = get_harmony_encoding().encode(tools.prefill, allowed_special="all") if tools.prefill else []
-    sampling.structured = harmony_structured_output(
-        answer, strict, reasoning_budget=reasoning_budget,
-        calls_allowed=bool(tools.function_tools or tools.namespaces))
     log = EventLog()
     assembler = OutputAssembler(log, tools, include_code_outputs=CODE_INTERPRETER_OUTPUTS in request.include)
     run = ResponseRun(response_id=new_id("resp_"), request=request, model_name=state.model_name,
                       instructions=request.instructions, reasoning_effort=effort, assembler=assembler, log=log,
                       conversation=conversation, input_items=input_items)
-    return PreparedResponse(run, tools, settings, prompt_ids, prefill_ids, sampling)
+    return PreparedResponse(run, tools, settings, prompt_ids, sampling, first_reply_structured)

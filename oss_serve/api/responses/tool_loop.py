@@ -110,7 +110,6 @@ async def _generate_until_done(prepared: PreparedResponse, generator: Generator,
     run, tools, request = prepared.run, prepared.tools, prepared.run.request
     assert run.usage is not None
     prompt_ids = prepared.prompt_ids
-    prefill_ids = prepared.prefill_ids
     tool_calls_made = 0
     told_limit = False
     step = 0
@@ -121,11 +120,13 @@ async def _generate_until_done(prepared: PreparedResponse, generator: Generator,
         if (budget is not None and budget <= 0) or room <= 0:
             run.status, run.incomplete_reason = "incomplete", "max_output_tokens"
             return
-        params = dataclasses.replace(prepared.sampling, max_new_tokens=room if budget is None else min(budget, room))
+        params = dataclasses.replace(prepared.sampling, max_new_tokens=room if budget is None else min(budget, room),
+                                     structured=prepared.first_reply_structured if step == 0
+                                     else prepared.sampling.structured)
         parser = HarmonyOutputParser(function_names=tools.function_names,
                                      builtin_namespaces=(*DEFAULT_BUILTIN_NAMESPACES, *tools.namespace_names))
         run.assembler.next_step()
-        run.assembler.on_parse_events(parser.start_assistant_reply(prefill_ids))
+        parser.start_assistant_reply()
         generated: list[int] = []
         finish_reason = None
         async for output in generator.stream(prompt_ids, params, f"{run.response_id}-{step}"):
@@ -173,4 +174,3 @@ async def _generate_until_done(prepared: PreparedResponse, generator: Generator,
         tool_message = tool_result_message(result, channel=last.channel or render.ANALYSIS)
         run.conversation.messages.append(tool_message)
         prompt_ids = prompt_ids + continuation_ids(generated, tool_message)
-        prefill_ids = []

@@ -1,5 +1,6 @@
 """The request's `tools` against what this server runs: which functions and tool namespaces the
-model is shown, who executes its calls, and how `tool_choice` is enforced.
+model is shown, who executes its calls, and which calls `tool_choice` forces the first reply
+to end in (the grammar that holds it to one is made in structured_outputs.py).
 
 Built-in tools (code_interpreter -> `python`, web_search -> `browser`, server-level MCP servers)
 come from `--tool-server`; a request naming one the server does not have is a 400 that says
@@ -8,6 +9,7 @@ response only and closed with it.
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,8 +18,12 @@ from openai_harmony import ToolNamespaceConfig
 
 from oss_serve.api.errors import APIError
 from oss_serve.api.responses.request import WEB_SEARCH_TOOL_TYPES, ResponsesRequest
+from oss_serve.api.structured_outputs import function_call_target
 from oss_serve.harmony import render
+from oss_serve.structured.call_grammar import CallTarget, loose_arguments_schema
+from oss_serve.structured.spec import GrammarSpec
 from oss_serve.tools.base import ToolServer, split_recipient
+from oss_serve.tools.browser_backends import missing_search_key
 from oss_serve.tools.mcp_client import McpConnectError, McpToolServer
 from oss_serve.tools.tool_group import ToolServerGroup
 
@@ -25,12 +31,8 @@ logger = logging.getLogger(__name__)
 
 BUILTIN_NAMESPACE_BY_TOOL_TYPE = {"code_interpreter": "python",
                                   **{tool_type: "browser" for tool_type in WEB_SEARCH_TOOL_TYPES}}
-HOW_TO_ENABLE = {
-    "python": "start the server with `--tool-server demo` (the python tool; pick a backend with "
-              "--python-backend or PYTHON_EXECUTION_BACKEND)",
-    "browser": "start the server with `--tool-server demo` and a search key (EXA_API_KEY or YDC_API_KEY, "
-               "see --browser-backend)",
-}
+HOW_TO_ENABLE_PYTHON = ("start the server with `--tool-server demo` (the python tool; pick a backend with "
+                        "--python-backend or PYTHON_EXECUTION_BACKEND)")
 
 
 @dataclass
@@ -42,7 +44,7 @@ class ResponseTools:
     mcp_labels: set[str] = field(default_factory=set)  # namespaces whose calls are `mcp_call` items
     mcp_list_tools: list[tuple[str, list[dict[str, Any]]]] = field(default_factory=list)  # (label, tools)
     request_mcp_servers: list[McpToolServer] = field(default_factory=list)
-    prefill: str = ""  # forced start of the first assistant message (tool_choice)
+    forced_targets: list[CallTarget] = field(default_factory=list)  # tool_choice: the first reply calls one
 
     @property
     def function_names(self) -> list[str]:
@@ -71,8 +73,9 @@ def _server_namespaces(server_tools: ToolServer | None) -> dict[str, ToolNamespa
 
 
 async def resolve_tools(request: ResponsesRequest, server_tools: ToolServer | None, *,
-                        mcp_call_timeout_s: float) -> ResponseTools:
-    """400s for tools we cannot serve; connects request-level MCP servers."""
+                        mcp_call_timeout_s: float, strict: dict[str, GrammarSpec]) -> ResponseTools:
+    """400s for tools we cannot serve; connects request-level MCP servers. `strict`: the strict
+    functions' argument grammars."""
     available = _server_namespaces(server_tools)
     tools = ResponseTools()
     executors: list[ToolServer] = [server_tools] if server_tools is not None else []
@@ -89,8 +92,7 @@ async def resolve_tools(request: ResponsesRequest, server_tools: ToolServer | No
             elif tool_type in BUILTIN_NAMESPACE_BY_TOOL_TYPE:
                 namespace = BUILTIN_NAMESPACE_BY_TOOL_TYPE[tool_type]
                 if namespace not in available:
-                    raise APIError(f"The tool '{tool_type}' needs the built-in `{namespace}` tool, which this "
-                                   f"server was not started with: {HOW_TO_ENABLE[namespace]}.",
+                    raise APIError(_not_enabled_message(tool_type, namespace, available),
                                    param=f"tools[{index}].type", code="tool_not_enabled")
                 shown[namespace] = available[namespace]
             elif tool_type == "mcp":
@@ -104,11 +106,21 @@ async def resolve_tools(request: ResponsesRequest, server_tools: ToolServer | No
         tools.namespaces = list(shown.values())
         if executors:
             tools.executor = executors[0] if len(executors) == 1 else ToolServerGroup(executors)
-        tools.prefill = _tool_choice_prefill(request.tool_choice, tools)
+        tools.forced_targets = _tool_choice_targets(request.tool_choice, tools, strict)
     except BaseException:
         await tools.aclose()
         raise
     return tools
+
+
+def _not_enabled_message(tool_type: str, namespace: str, available: dict[str, ToolNamespaceConfig]) -> str:
+    if namespace == "python":
+        return (f"The tool '{tool_type}' needs the built-in `python` tool, which this server was not started "
+                f"with: {HOW_TO_ENABLE_PYTHON}.")
+    # The demo tools are on (python is there) but web search is not: only the key is missing.
+    demo = "" if "python" in available else " and start it with `--tool-server demo`"
+    return (f"The tool '{tool_type}' needs a web search key, which this server does not have: set "
+            f"{missing_search_key()} in the server's environment{demo}.")
 
 
 async def _add_mcp_tool(tools: ResponseTools, spec: dict[str, Any], index: int,
@@ -144,18 +156,28 @@ async def _add_mcp_tool(tools: ResponseTools, spec: dict[str, Any], index: int,
     tools.mcp_list_tools.append((label, server.list_tools_for_api()))
 
 
-def _tool_choice_prefill(choice: str | dict[str, Any], tools: ResponseTools) -> str:
-    """tool_choice is enforced by what the model may write (as in chat completions): the first
-    assistant message starts with a forced call header."""
-    has_functions = bool(tools.function_tools)
+def _namespace_targets(tools: ResponseTools, namespace: str, tool_name: str | None = None) -> list[CallTarget]:
+    """Calls into a built-in or MCP namespace: python takes code, the others a JSON object."""
+    config = next((config for config in tools.namespaces if config.name == namespace), None)
+    if config is None:
+        return []
+    if not config.tools:
+        return [CallTarget(namespace, render.ANALYSIS, None)]
+    channel = render.COMMENTARY if namespace in tools.mcp_labels else render.ANALYSIS
+    return [CallTarget(f"{namespace}.{tool.name}", channel, json.dumps(loose_arguments_schema(tool.parameters)))
+            for tool in config.tools if tool_name is None or tool.name == tool_name]
+
+
+def _tool_choice_targets(choice: str | dict[str, Any], tools: ResponseTools,
+                         strict: dict[str, GrammarSpec]) -> list[CallTarget]:
+    """The calls the first reply must end in: none for auto / none."""
+    functions = [function_call_target(tool.name, tool.parameters, strict) for tool in tools.function_tools]
     if choice in ("auto", "none"):
-        return ""
+        return []
     if choice == "required":
-        if not has_functions and not tools.namespaces:
+        if not functions and not tools.namespaces:
             raise APIError("tool_choice is 'required' but no tools were given.", param="tool_choice")
-        if not tools.namespaces:
-            return render.any_function_call_prefill()
-        return f"<|channel|>{render.COMMENTARY if has_functions else render.ANALYSIS} to="
+        return functions + [target for name in tools.namespace_names for target in _namespace_targets(tools, name)]
     assert isinstance(choice, dict)
     choice_type = choice.get("type")
     if choice_type == "function":
@@ -163,17 +185,19 @@ def _tool_choice_prefill(choice: str | dict[str, Any], tools: ResponseTools) -> 
         if name not in tools.function_names:
             raise APIError(f"tool_choice names the function '{name}', which is not in tools "
                            f"({', '.join(tools.function_names) or 'none given'}).", param="tool_choice")
-        return render.function_call_prefill(name)
+        return [target for target in functions if target.recipient == f"functions.{name}"]
     if choice_type in BUILTIN_NAMESPACE_BY_TOOL_TYPE:
         namespace = BUILTIN_NAMESPACE_BY_TOOL_TYPE[choice_type]
         if namespace not in tools.namespace_names:
             raise APIError(f"tool_choice asks for '{choice_type}', which is not in tools.", param="tool_choice")
-        return (f"<|channel|>{render.ANALYSIS} to=python code<|message|>" if namespace == "python"
-                else f"<|channel|>{render.ANALYSIS} to=browser.")
+        return _namespace_targets(tools, namespace)
     if choice_type == "mcp":
         label, name = choice.get("server_label"), choice.get("name")
         if label not in tools.mcp_labels:
             raise APIError(f"tool_choice names the MCP server '{label}', which is not in tools.", param="tool_choice")
-        return (f"<|channel|>{render.COMMENTARY} to={label}.{name} <|constrain|>json<|message|>" if name
-                else f"<|channel|>{render.COMMENTARY} to={label}.")
+        targets = _namespace_targets(tools, label, name)
+        if not targets:
+            raise APIError(f"tool_choice names the tool '{name}', which the MCP server '{label}' does not list.",
+                           param="tool_choice")
+        return targets
     raise APIError(f"tool_choice of type {choice_type!r} is not supported.", param="tool_choice")
