@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from oss_serve.bench.server_process import ServerProcess
 
-        server = ServerProcess(args.model_path, ["--device", "cpu", "--context-length", "256",
+        server = ServerProcess(args.model_path, ["--device", "cpu", "--context-length", "64",
                                                  "--max-total-tokens", "8192",
                                                  *(["--api-key", args.api_key] if args.api_key else [])])
         try:

@@ -32,16 +32,32 @@ unicode_text = st.one_of(
     st.sampled_from(["\x00", "\ud800", "\U0010ffff", "\u202e", "e\u0301" * 50, "🧑‍🚀" * 20, "\ufeff", "\r\n" * 10,
                      *HARMONY_BREAKERS]),
 )
-numbers = st.one_of(st.integers(min_value=-(2 ** 70), max_value=2 ** 70),
-                    st.floats(allow_nan=False, allow_infinity=False), st.sampled_from([0, -1, 2 ** 31, 2 ** 63, 1e308]))
+# Integers across the whole int64 range and past it (with its edges), and every kind of float (JSON's
+# NaN / Infinity tokens included: Python's parser accepts them).
+INT_EDGES = [0, 1, -1, 128, 129, 2 ** 31, 2 ** 53 + 1, 2 ** 63 - 1, 2 ** 63, -(2 ** 63), -(2 ** 63) - 1, 2 ** 64, 201087,
+             201088]
+numbers = st.one_of(st.integers(min_value=-(2 ** 70), max_value=2 ** 70), st.integers(min_value=-5, max_value=300),
+                    st.floats(), st.sampled_from([*INT_EDGES, 1e308, 1e-320]))
+token_ids = st.one_of(st.integers(min_value=-(2 ** 65), max_value=2 ** 65), st.sampled_from(INT_EDGES))
+token_id_lists = st.one_of(st.lists(token_ids, min_size=1, max_size=6),
+                           st.lists(st.lists(token_ids, min_size=1, max_size=4), min_size=1, max_size=3))
 leaves = st.one_of(st.none(), st.booleans(), numbers, unicode_text)
 json_values = st.recursive(leaves, lambda inner: st.one_of(st.lists(inner, max_size=4),
                                                            st.dictionaries(unicode_text, inner, max_size=4)),
                            max_leaves=12)
+NUMERIC_FIELDS = ["max_tokens", "max_completion_tokens", "max_output_tokens", "temperature", "top_p", "top_k", "min_p",
+                  "repetition_penalty", "frequency_penalty", "presence_penalty", "n", "best_of", "logprobs",
+                  "top_logprobs", "seed", "top_logprobs_num", "max_tool_calls", "max_reasoning_tokens"]
+TOKEN_ID_FIELDS = {"/v1/completions": ["prompt", "stop_token_ids"], "/generate": ["input_ids"],
+                   "/v1/chat/completions": ["stop_token_ids"]}
+SAMPLING_PARAMS = ["max_new_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty",
+                   "frequency_penalty", "presence_penalty", "seed", "n", "top_logprobs", "stop", "stop_token_ids",
+                   "ignore_eos"]
 FIELDS = ["model", "prompt", "messages", "input", "instructions", "max_tokens", "max_output_tokens", "temperature",
           "top_p", "n", "stop", "stream", "stream_options", "logprobs", "top_logprobs", "seed", "tools", "tool_choice",
           "response_format", "reasoning", "reasoning_effort", "text", "input_ids", "sampling_params", "rid",
-          "previous_response_id", "background", "store", "include", "metadata", "logit_bias", "echo", "user"]
+          "previous_response_id", "background", "store", "include", "metadata", "logit_bias", "echo", "user",
+          *NUMERIC_FIELDS, "stop_token_ids"]
 VALID_BASE = {
     "/v1/completions": {"model": MODEL, "prompt": "hi", "max_tokens": 4},
     "/v1/chat/completions": {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
@@ -62,16 +78,32 @@ def _deeply_nested(field: str, depth: int) -> bytes:
 def hostile_bodies(draw: st.DrawFn) -> tuple[str, bytes, list[str]]:
     """(endpoint, body bytes, the body's top-level field names)."""
     endpoint = draw(st.sampled_from(ENDPOINTS))
-    shape = draw(st.sampled_from(["mutated", "random", "deep", "huge"]))
+    shape = draw(st.sampled_from(["mutated", "random", "deep", "huge", "numbers", "nulls"]
+                                 + ["token_ids"] * 3 * (endpoint in TOKEN_ID_FIELDS)))
     if shape == "random":
         value = draw(json_values)
         return endpoint, _encode(value), list(value) if isinstance(value, dict) else []
     if shape == "deep":
         field = draw(st.sampled_from(FIELDS))
         return endpoint, _deeply_nested(field, draw(st.integers(50, 5000))), [field]
-    body = dict(VALID_BASE[endpoint])
-    if shape == "huge":
-        body[draw(st.sampled_from(FIELDS))] = draw(st.sampled_from(["y" * 300_000, [1] * 50_000, 10 ** 4000, -10 ** 400]))
+    body = json.loads(json.dumps(VALID_BASE[endpoint]))
+    if shape == "numbers":  # every numeric field, /generate's sampling_params too
+        for name in draw(st.lists(st.sampled_from(NUMERIC_FIELDS), min_size=1, max_size=3)):
+            body[name] = draw(numbers)
+        if endpoint == "/generate":
+            for name in draw(st.lists(st.sampled_from(SAMPLING_PARAMS), min_size=1, max_size=3)):
+                body["sampling_params"][name] = draw(st.one_of(numbers, token_id_lists, st.none()))
+    elif shape == "token_ids":
+        field = draw(st.sampled_from(TOKEN_ID_FIELDS[endpoint]))
+        if field == "input_ids":
+            body.pop("text")
+        body[field] = draw(token_id_lists)
+    elif shape == "nulls":  # null for optional and required fields alike
+        for name in draw(st.lists(st.sampled_from(sorted(set(FIELDS) | set(body))), min_size=1, max_size=5)):
+            body[name] = None
+    elif shape == "huge":
+        body[draw(st.sampled_from(FIELDS))] = draw(st.sampled_from(["y" * 300_000, [1] * 50_000, [[1]] * 50_000,
+                                                                    10 ** 4000, -10 ** 400]))
     else:
         for name in draw(st.lists(st.sampled_from(FIELDS + ["unknown_field", "x" * 64]), min_size=1, max_size=4)):
             body[name] = draw(json_values)

@@ -15,6 +15,9 @@ from oss_serve.engine.sampling_params import INT64_MAX, INT64_MIN, MAX_N, MAX_TO
 # on the event loop before anything is admitted.
 MAX_SEQUENCES_PER_REQUEST = 2048
 MAX_TOOLS = 128  # OpenAI's bound on the functions of one request
+# openai-harmony renders about 8,000 messages a second, holding the event loop: a bound keeps that under a
+# second (and a conversation that long would hardly fit the context: 16 tokens a message at 131,072).
+MAX_MESSAGES = 8192
 
 
 class Lenient(BaseModel):
@@ -123,7 +126,7 @@ class ResponseFormat(Lenient):
 
 
 class ChatCompletionRequest(SamplingFields):
-    messages: list[ChatMessageIn]
+    messages: list[ChatMessageIn] = Field(max_length=MAX_MESSAGES)
     max_completion_tokens: int | None = None
     tools: list[ToolDefinition] | None = Field(None, max_length=MAX_TOOLS)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
@@ -157,4 +160,4 @@ class SeparateReasoningRequest(Lenient):
 class ParseFunctionCallRequest(Lenient):
     text: str
     tool_call_parser: str | None = "gpt-oss"
-    tools: list[ToolDefinition] = Field(default_factory=list)
+    tools: list[ToolDefinition] = Field(default_factory=list, max_length=MAX_TOOLS)

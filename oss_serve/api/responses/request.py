@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, StringConstraints
+from pydantic import Field, StringConstraints, field_validator
 
-from oss_serve.api.protocol import MAX_TOOLS, Lenient
+from oss_serve.api.protocol import MAX_MESSAGES, MAX_TOOLS, Lenient
 from oss_serve.engine.sampling_params import INT64_MAX, INT64_MIN
 
 ReasoningLevel = Literal["low", "medium", "high"]
@@ -53,6 +53,13 @@ class ResponsesRequest(Lenient):
     reasoning: ReasoningConfig | None = None
     reasoning_effort: ReasoningLevel | None = None  # the chat-style spelling, via the SDK's extra_body
     user: str | None = None
+
+    @field_validator("input")
+    @classmethod
+    def _bounded_input(cls, value: str | list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+        if isinstance(value, list) and len(value) > MAX_MESSAGES:
+            raise ValueError(f"input has {len(value)} items; at most {MAX_MESSAGES} are accepted")
+        return value
 
     def input_items(self) -> list[dict[str, Any]]:
         """`input` as a list of items (a string is one user message)."""
