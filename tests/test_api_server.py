@@ -109,21 +109,27 @@ def test_named_tool_choice_always_calls_that_function(sdk: openai.OpenAI) -> Non
 @pytest.mark.parametrize("call", [
     lambda sdk: sdk.chat.completions.create(model="not-this-model", messages=[{"role": "user", "content": "x"}]),
     lambda sdk: sdk.chat.completions.create(model=MODEL, messages=[]),
-    lambda sdk: sdk.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}],
-                                            max_tokens=CONTEXT_LENGTH * 2),
+    lambda sdk: sdk.completions.create(model=MODEL, prompt=[5, 201088]),
     lambda sdk: sdk.completions.create(model=MODEL, prompt=[5] * (CONTEXT_LENGTH + 10)),
     lambda sdk: sdk.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}],
                                             tools=[WEATHER_TOOL], tool_choice="maybe"),
     lambda sdk: sdk.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}],
                                             response_format={"type": "json_schema", "json_schema": {
                                                 "name": "x", "schema": {"type": "strin"}}}),
-], ids=["unknown-model", "empty-messages", "max-tokens-past-context", "prompt-too-long", "bad-tool-choice",
+], ids=["unknown-model", "empty-messages", "token-id-past-the-vocabulary", "prompt-too-long", "bad-tool-choice",
         "response-format"])
 def test_errors_are_400(sdk: openai.OpenAI, call) -> None:
     with pytest.raises(openai.BadRequestError) as raised:
         call(sdk)
     assert raised.value.status_code == 400
     assert set(raised.value.body) >= {"message", "type", "param", "code"}
+
+
+def test_max_tokens_past_the_context_is_clamped(sdk: openai.OpenAI) -> None:
+    """As SGLang: the output budget is what the context leaves (gpt_oss.evals asks for 131,072 tokens)."""
+    reply = sdk.completions.create(model=MODEL, prompt=[5] * (CONTEXT_LENGTH - 3), max_tokens=CONTEXT_LENGTH * 2,
+                                   extra_body={"ignore_eos": True})
+    assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens == 3
 
 
 def test_malformed_json_and_missing_key(server: ServerProcess, http: httpx.Client) -> None:
