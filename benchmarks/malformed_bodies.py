@@ -3,6 +3,7 @@ each that the server still answers /health (and, for a server started here, that
 
     python benchmarks/malformed_bodies.py --model-path CKPT            # starts its own CPU server
     python benchmarks/malformed_bodies.py --base-url http://127.0.0.1:30000 [--api-key KEY]
+    python benchmarks/malformed_bodies.py --model-path CKPT --short     # fewer members per class (the tests)
     python benchmarks/malformed_bodies.py --model-path CKPT --list      # only print the bodies' count
 
 The bodies are classes of input, not a few cases: for every numeric field of every endpoint, integers
@@ -36,6 +37,8 @@ INTEGERS = [-(2 ** 64) - 1, -(2 ** 63) - 1, -(2 ** 63), -(2 ** 31) - 1, -1, 0, 1
             2 ** 63 - 1, 2 ** 63, 2 ** 64, 10 ** 30, raw("9" * 5000)]
 NUMBERS = [*INTEGERS, 0.5, -0.5, 1e-320, 1e308, -1e308, raw("NaN"), raw("Infinity"), raw("-Infinity"),
            True, "1", [], {}]
+# --short (what the tests run): each class by a few members, its edges and past them.
+SHORT_NUMBERS = [-(2 ** 63) - 1, -1, 0, 2 ** 63, raw("9" * 5000), 1e-320, raw("NaN"), "1"]
 TOKEN_IDS = [-(2 ** 63) - 1, -1, 0, VOCAB_EDGE - 1, VOCAB_EDGE, 2 ** 31, 2 ** 63, 2 ** 64 + 7, raw("9" * 400)]
 HUGE_STRING = "y" * 1_000_000
 
@@ -134,15 +137,17 @@ def encode(body: dict[str, Any]) -> bytes:
     return text.encode()
 
 
-def cases() -> Iterator[Case]:
+def cases(short: bool = False) -> Iterator[Case]:
+    numbers = SHORT_NUMBERS if short else NUMBERS
+    token_ids = [-1, VOCAB_EDGE, 2 ** 64 + 7] if short else TOKEN_IDS
     for endpoint, base in ENDPOINTS.items():
         for field in NUMERIC_FIELDS.get(endpoint, []):
-            for value in NUMBERS:
+            for value in numbers:
                 yield Case(endpoint, f"{field}={_short(value)}", encode(_with(base, field, value)))
         for field in TOKEN_ID_FIELDS.get(endpoint, []):
             first_text = "prompt" if endpoint == "/v1/completions" else "text"
             start = _with(base, first_text, _DROP) if field in ("prompt", "input_ids") else base
-            for token_id in TOKEN_IDS:
+            for token_id in token_ids:
                 for shape, ids in (("alone", [token_id]), ("after 2,000 valid ids", [1] * 2000 + [token_id]),
                                    ("in a batch", [[1, 2], [token_id]])):
                     if shape == "in a batch" and field not in ("prompt", "input_ids"):
@@ -166,14 +171,15 @@ def _short(value: Any) -> str:
     return text if len(text) <= 24 else f"{text[:12]}...({len(text)} chars)"
 
 
-def replay(base_url: str, headers: dict[str, str], timeout_s: float, process: Any = None) -> dict[str, Any]:
+def replay(base_url: str, headers: dict[str, str], timeout_s: float, process: Any = None,
+           short: bool = False) -> dict[str, Any]:
     statuses: Counter[str] = Counter()
     failures: list[dict[str, Any]] = []
     started = time.monotonic()
     count = 0
     timings: list[tuple[float, str]] = []
     with httpx.Client(base_url=base_url, headers={**headers, "content-type": "application/json"}) as client:
-        for case in cases():
+        for case in cases(short):
             count += 1
             sent = time.monotonic()
             try:
@@ -209,14 +215,15 @@ def main(argv: list[str] | None = None) -> int:
     target.add_argument("--model-path", help="start a CPU server on this checkpoint (small context: bounded work)")
     parser.add_argument("--api-key")
     parser.add_argument("--timeout", type=float, default=45.0, help="seconds a body may take to be answered")
+    parser.add_argument("--short", action="store_true", help="each class by fewer members (what the tests run)")
     parser.add_argument("--list", action="store_true", help="print the number of bodies and exit")
     args = parser.parse_args(argv)
     if args.list:
-        print(json.dumps({"bodies": sum(1 for _ in cases())}))
+        print(json.dumps({"bodies": sum(1 for _ in cases(args.short))}))
         return 0
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     if args.base_url:
-        summary = replay(args.base_url.rstrip("/"), headers, args.timeout)
+        summary = replay(args.base_url.rstrip("/"), headers, args.timeout, short=args.short)
     else:
         from oss_serve.bench.server_process import ServerProcess
 
@@ -224,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                                                  "--max-total-tokens", "8192",
                                                  *(["--api-key", args.api_key] if args.api_key else [])])
         try:
-            summary = replay(server.base_url, headers, args.timeout, server.process)
+            summary = replay(server.base_url, headers, args.timeout, server.process, args.short)
         finally:
             summary["server_exit_code"] = server.stop()
         if not summary["ok"]:
