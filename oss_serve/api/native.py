@@ -24,6 +24,7 @@ from oss_serve.harmony.parse import parse_output_text
 
 _SAMPLING_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
 _SAMPLING_ADAPTER = TypeAdapter(SamplingParams)
+_SAMPLING_PARAM_NAMES = {name: f"sampling_params.{name}" for name in _SAMPLING_FIELDS}  # as the request spells them
 
 
 def _sampling_params(fields: dict[str, Any], defaults: SamplingParams, vocab_size: int) -> SamplingParams:
@@ -41,7 +42,7 @@ def _sampling_params(fields: dict[str, Any], defaults: SamplingParams, vocab_siz
         raise APIError(f"sampling_params.{field_name}: {first['msg']}",
                        param=f"sampling_params.{field_name}") from None
     params = dataclasses.replace(defaults, **{key: getattr(checked, key) for key in known})
-    return validated(params, vocab_size, {name: f"sampling_params.{name}" for name in _SAMPLING_FIELDS})
+    return validated(params, vocab_size, _SAMPLING_PARAM_NAMES)
 
 
 @dataclasses.dataclass

@@ -141,10 +141,8 @@ def render_prompt(history: Sequence[Message], settings: PromptSettings, *,
         ids = encoding.render_conversation_for_completion(
             Conversation.from_messages(messages), Role.ASSISTANT,
             RenderConversationConfig(auto_drop_analysis=False))
-    except Exception:
-        raise
     except BaseException as error:  # a Rust panic in openai-harmony arrives as a BaseException
-        if not type(error).__name__ == "PanicException":
+        if type(error).__name__ != "PanicException":
             raise
         raise UnrenderableText(f"openai-harmony failed to render the prompt ({error})") from None
     if long_texts:
