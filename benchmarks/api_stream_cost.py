@@ -20,9 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # server_process: the tests' server harness
 
-from oss_serve.bench.server_process import ServerProcess, free_port
+import httpx
+from server_process import ServerProcess, free_port
+
 from oss_serve.testing.make_checkpoint import make_checkpoint
 
 BARE_APP = '''

@@ -24,10 +24,17 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import torch  # noqa: E402
 from triton.testing import do_bench, do_bench_cudagraph  # noqa: E402
 
-from oss_serve.kernels.moe_mxfp4 import (DECODE_MAX_SLOTS, DEFAULT_GROUPED_TILES,  # noqa: E402
-                                         GroupedTiles, moe_mxfp4, moe_mxfp4_reference, select_path)
+from oss_serve.kernels.moe_mxfp4 import (  # noqa: E402
+    DECODE_MAX_SLOTS,
+    DEFAULT_GROUPED_TILES,
+    GroupedTiles,
+    moe_mxfp4,
+    moe_mxfp4_reference,
+    select_path,
+)
 from oss_serve.kernels.moe_mxfp4_decode import DEFAULT_DECODE_TILES, DecodeTiles  # noqa: E402
 from oss_serve.kernels.paged_attention import paged_attention, paged_attention_reference  # noqa: E402
+from oss_serve.kernels.reference import dequantize_mxfp4  # noqa: E402
 from oss_serve.kernels.rms_norm import rms_norm, rms_norm_reference  # noqa: E402
 from oss_serve.kernels.rope_store_kv import rope_store_kv, rope_store_kv_reference  # noqa: E402
 from oss_serve.kernels.skinny_linear import BLOCK_K as SKINNY_BLOCK_K  # noqa: E402
@@ -35,7 +42,6 @@ from oss_serve.kernels.skinny_linear import BLOCK_N as SKINNY_BLOCK_N  # noqa: E
 from oss_serve.kernels.skinny_linear import MAX_ROWS as SKINNY_MAX_ROWS  # noqa: E402
 from oss_serve.kernels.skinny_linear import skinny_linear  # noqa: E402
 from oss_serve.model.moe import TorchExperts  # noqa: E402
-from oss_serve.model.mxfp4 import dequantize_mxfp4  # noqa: E402
 
 # gpt-oss-20b
 HIDDEN, INTER, EXPERTS, TOP_K = 2880, 2880, 32, 4
@@ -241,7 +247,8 @@ MOE_VARIANTS: dict[str, dict] = {
 def describe_moe_defaults() -> None:
     report("moe_default", decode_path_up_to_slots=DECODE_MAX_SLOTS, decode_tiles=str(DEFAULT_DECODE_TILES),
            grouped_tiles=str(DEFAULT_GROUPED_TILES),
-           rule=f"path=decode if T*k<={DECODE_MAX_SLOTS} else grouped (k={TOP_K}: decode for T<={DECODE_MAX_SLOTS // TOP_K})")
+           rule=f"path=decode if T*k<={DECODE_MAX_SLOTS} else grouped "
+                f"(k={TOP_K}: decode for T<={DECODE_MAX_SLOTS // TOP_K})")
 
 
 def moe_correctness(experts: dict[str, torch.Tensor]) -> None:
@@ -289,7 +296,8 @@ def moe_cases(experts: dict[str, torch.Tensor], dense: list[TorchExperts]) -> li
     for num_tokens in (1, 4, 16, 64, 256, 1024, 4096):
         cases.append((f"moe T={num_tokens}", lambda t=num_tokens: moe_timing(experts, torch_dense(t), length(t))))
         word = "word" if num_tokens * TOP_K <= DECODE_MAX_SLOTS else "word_grouped"
-        cases.append((f"moe T={num_tokens} {word}", lambda t=num_tokens, v=word: moe_timing(experts, None, length(t), v)))
+        cases.append((f"moe T={num_tokens} {word}",
+                      lambda t=num_tokens, v=word: moe_timing(experts, None, length(t), v)))
     cases.append(("moe cuda graph", lambda: moe_graph_check(experts)))
     sweeps: list[tuple[int, str, object]] = []
     # T=64 / 256 (16- / 32-row tiles) are latency-bound: the default tiles keep 8-12 warps per SM in flight

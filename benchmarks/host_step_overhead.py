@@ -14,6 +14,7 @@ import tempfile
 import time
 
 from oss_serve import LLM, SamplingParams
+from oss_serve.engine.messages import StepOutputs
 from oss_serve.testing.make_checkpoint import make_checkpoint
 
 
@@ -49,7 +50,7 @@ def main() -> None:
                 inputs.append(time.perf_counter() - started)
                 deltas = engine.step()
                 started = time.perf_counter()
-                pickle.loads(pickle.dumps(("outputs", deltas, engine.stats()), protocol=pickle.HIGHEST_PROTOCOL))
+                pickle.loads(pickle.dumps(StepOutputs(deltas, engine.stats()), protocol=pickle.HIGHEST_PROTOCOL))
                 messages.append(time.perf_counter() - started)
             engine.profile = False
             steps = [t for t in engine.step_times if t.is_decode]

@@ -21,6 +21,7 @@ from pathlib import Path
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+
 def measure_in_subprocess(folder: Path) -> dict:
     # Peak anonymous memory is sampled by a thread: file-backed pages of the memory-mapped shards
     # also count in RSS but are page cache the kernel can drop, so they are reported apart.
@@ -31,7 +32,8 @@ def measure_in_subprocess(folder: Path) -> dict:
         "peak = {'anon': 0, 'file': 0}; done = False\n"
         "def sample():\n"
         "    while not done:\n"
-        "        peak['anon'] = max(peak['anon'], status('RssAnon')); peak['file'] = max(peak['file'], status('RssFile'))\n"
+        "        peak['anon'] = max(peak['anon'], status('RssAnon'));"
+        " peak['file'] = max(peak['file'], status('RssFile'))\n"
         "        time.sleep(0.001)\n"
         "before = status('RssAnon'); thread = threading.Thread(target=sample); thread.start()\n"
         f"loaded = load_model({str(folder)!r}, dtype='bfloat16', device='cpu')\n"

@@ -20,8 +20,12 @@ import json
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # server_process: the tests' server harness
 
 import httpx
 
@@ -225,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.base_url:
         summary = replay(args.base_url.rstrip("/"), headers, args.timeout, short=args.short)
     else:
-        from oss_serve.bench.server_process import ServerProcess
+        from server_process import ServerProcess
 
         server = ServerProcess(args.model_path, ["--device", "cpu", "--context-length", "64",
                                                  "--max-total-tokens", "8192",

@@ -36,9 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # server_process: the tests' server harness
 
-from oss_serve.bench.server_process import ServerProcess
+import httpx
+from server_process import ServerProcess
 
 PROMPT = "Count slowly and carefully: one two three four"
 
@@ -104,7 +105,8 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
-def start_server(model_path: str, extra_args: list[str], api_key: str | None, timeout_s: float = 300) -> ServerUnderTest:
+def start_server(model_path: str, extra_args: list[str], api_key: str | None,
+                 timeout_s: float = 300) -> ServerUnderTest:
     launched = ServerProcess(model_path, ["--device", "cpu", *extra_args, *(["--api-key", api_key] if api_key else [])],
                              startup_timeout=timeout_s)
     return ServerUnderTest(launched.base_url, {"Authorization": f"Bearer {api_key}"} if api_key else {}, launched)
@@ -123,7 +125,8 @@ async def leaked_kv_pages(client: httpx.AsyncClient, timeout_s: float = 60) -> i
     deadline = time.monotonic() + timeout_s
     while True:
         stats = await engine_stats(client)
-        idle = stats.get("num_running", 0) == 0 and stats.get("num_waiting", 0) == 0 and stats.get("num_streams", 0) == 0
+        idle = (stats.get("num_running", 0) == 0 and stats.get("num_waiting", 0) == 0
+                and stats.get("num_streams", 0) == 0)
         if idle or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.2)
@@ -212,7 +215,8 @@ async def load_scenario(server: ServerUnderTest, requests: int, max_tokens: int,
         probe = HealthProbe(server.base_url)
         probe.start()
         started = time.monotonic()
-        results = await asyncio.gather(*(streamed_completion(client, max_tokens, hang_after_s) for _ in range(requests)))
+        results = await asyncio.gather(*(streamed_completion(client, max_tokens, hang_after_s)
+                                         for _ in range(requests)))
         duration = time.monotonic() - started
         health = await probe.stop()
         pages_after = await leaked_kv_pages(client)
@@ -302,7 +306,8 @@ async def _mixed_request(client: httpx.AsyncClient, rng: random.Random) -> tuple
         "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
     try:
         if kind == "completion":
-            status = (await client.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": max_tokens})).status_code
+            status = (await client.post("/v1/completions",
+                                        json={"prompt": PROMPT, "max_tokens": max_tokens})).status_code
         elif kind == "completion_stream":
             async with client.stream("POST", "/v1/completions", json={"prompt": PROMPT, "max_tokens": max_tokens,
                                                                       "stream": True}) as response:
@@ -371,8 +376,9 @@ async def mixed_scenario(server: ServerUnderTest, duration_s: float, concurrency
     total = sum(count for per_kind in statuses.values() for count in per_kind.values())
     return {"scenario": "mixed", "duration_s": duration_s, "concurrency": concurrency, "requests": total,
             "statuses": statuses, "server_errors_5xx": server_errors, "leaked_kv_pages_before": pages_before,
-            "leaked_kv_pages_after": pages_after, "processes_before": children_before, "processes_after": children_after,
-            "rss_before_mib": round(rss_before / 1024, 1), "rss_after_mib": round(rss_after / 1024, 1), **health,
+            "leaked_kv_pages_after": pages_after, "processes_before": children_before,
+            "processes_after": children_after, "rss_before_mib": round(rss_before / 1024, 1),
+            "rss_after_mib": round(rss_after / 1024, 1), **health,
             "ok": server_errors == 0 and pages_after <= pages_before and children_after <= children_before}
 
 

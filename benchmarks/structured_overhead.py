@@ -32,9 +32,8 @@ from pathlib import Path
 import torch
 
 from oss_serve import LLM, SamplingParams
-from oss_serve.structured import step_masks
-from oss_serve.structured.spec import GrammarSpec, StructuredOutput
-
+from oss_serve.engine.structured import step_masks
+from oss_serve.engine.structured.spec import GrammarSpec, StructuredOutput
 
 
 def open_schemas(max_length: int | None) -> list[dict]:

@@ -7,10 +7,7 @@ import json
 import logging
 import sys
 
-from oss_serve.server_args import ServerArgs
-
-TOOL_FLAGS = ("tool_server", "python_backend", "tool_timeout", "python_stateful", "python_docker_image",
-              "browser_backend", "browser_allow_private")
+from oss_serve.server_args import ToolArgs
 
 USAGE = """usage: oss-serve <command> [args]
 
@@ -29,7 +26,7 @@ def _tools_parser() -> argparse.ArgumentParser:
     calling.add_argument("arguments", nargs="?", default=None,
                          help="JSON arguments, or code for python (default: read from stdin)")
     for sub in (listing, calling):
-        ServerArgs.add_cli_args(sub, only=TOOL_FLAGS)
+        ToolArgs.add_cli_args(sub)
         sub.add_argument("--verbose", action="store_true", help="log what the tool servers do")
     return parser
 
@@ -51,7 +48,7 @@ def _print_namespaces(server: object) -> None:
 async def _run_tools(options: argparse.Namespace) -> int:
     from oss_serve.tools.factory import build_tool_server
 
-    args = ServerArgs.from_cli_args(options)
+    args = ToolArgs.from_cli_args(options)
     if not args.tool_server:
         print("oss-serve tools: --tool-server is required (demo, host:port, or an http://.../sse URL)", file=sys.stderr)
         return 2

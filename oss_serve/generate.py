@@ -1,6 +1,7 @@
 """Offline generation from the command line, without the engine:
 
-    python -m oss_serve.generate --model-path PATH_OR_HUB_ID --prompt "San Francisco is a" --max-new-tokens 20 --temperature 0
+    python -m oss_serve.generate --model-path PATH_OR_HUB_ID --prompt "San Francisco is a" \
+        --max-new-tokens 20 --temperature 0
     python -m oss_serve.generate --model-path PATH --chat "What is 2+2?" --reasoning-effort low
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Iterable
 
 import torch
 
-from oss_serve.attention.contiguous import ContiguousKVBackend
+from oss_serve.model.attention import ContiguousKVBackend
 from oss_serve.model.gpt_oss import GptOssForCausalLM
 from oss_serve.server_args import ServerArgs
 
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from oss_serve.harmony.encoding import get_harmony_encoding, stop_token_ids_for_assistant
     from oss_serve.model.loader import load_model
-    from oss_serve.tokenizer import Tokenizer
+    from oss_serve.model.tokenizer import Tokenizer
 
     try:
         loaded = load_model(args.model_path, dtype=args.dtype, device=args.device, load_format=args.load_format,

@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import logging
 import sys
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import uvicorn
@@ -91,7 +92,7 @@ async def _stop_when_engine_dies(engine: Any, server: uvicorn.Server) -> bool:
     """Polls the engine; once it is dead, lets requests see the 503 briefly, then stops the
     HTTP server. True when it stopped the server for that reason."""
     while not server.should_exit:
-        if not engine.stats().get("engine_alive", True):
+        if not engine.stats().engine_alive:
             logger.error("The engine process is gone (%s); the server exits.", engine.death_reason)
             await asyncio.sleep(ENGINE_DEATH_GRACE_SECONDS)
             server.should_exit = True
@@ -159,10 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_server_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
-    for flag in args.inert_flags_in_use():
-        logger.warning("%s is accepted but has no effect yet.", flag)
     if args.node_rank > 0:  # a multi-node run's other nodes host tensor-parallel workers, no HTTP server
-        from oss_serve.distributed.launcher import run_worker_node
+        from oss_serve.engine.tp_launcher import run_worker_node
 
         return run_worker_node(args)
     return asyncio.run(serve(args))

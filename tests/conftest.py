@@ -6,14 +6,11 @@ $TIKTOKEN_ENCODINGS_BASE, nor in ../shared/vocab beside the checkout, nor downlo
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-
-from oss_serve.harmony.encoding import VOCAB_ENV_VAR, find_vocab_dir
-from oss_serve.kernels._interpreter_tests import kernels_runnable_here, run_file_under_interpreter
+from kernel_interpreter import kernels_runnable_here, run_file_under_interpreter
 
 if TYPE_CHECKING:
     from openai_harmony import HarmonyEncoding
@@ -60,9 +57,6 @@ def harmony_encoding(vocab_file: Path) -> HarmonyEncoding:
     """openai-harmony's HARMONY_GPT_OSS encoding."""
     from oss_serve.harmony.encoding import get_harmony_encoding
 
-    if find_vocab_dir() is None:
-        # The file was downloaded into our cache rather than found; point the library at it.
-        os.environ[VOCAB_ENV_VAR] = str(vocab_file.parent)
     return get_harmony_encoding()
 
 

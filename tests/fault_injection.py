@@ -5,8 +5,9 @@ In a test process, apply the wrappers with monkeypatch; for an engine process (a
 runs from the `sitecustomize.py` that `write_sitecustomize` puts on the child's PYTHONPATH."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 FORWARD_FAULT_TOKEN = 4242  # a prompt starting with it makes the forward pass of its step raise
 SAMPLING_FAULT_TOKEN = 4243  # ... the sampling of its step

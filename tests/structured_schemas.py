@@ -16,8 +16,9 @@ def obj(properties: dict[str, Any], required: list[str] | None = None) -> dict[s
 
 SCHEMAS: dict[str, dict[str, Any]] = {
     "flat": obj({"name": SHORT, "age": SMALL_INT, "admin": {"type": "boolean"}}),
-    "nested": obj({"user": obj({"name": SHORT, "address": obj({"city": {"enum": ["Paris", "Oslo", "Lima"]},
-                                                                 "zip": {"type": "string", "pattern": "^[0-9]{5}$"}})})}),
+    "nested": obj({"user": obj({"name": SHORT,
+                                "address": obj({"city": {"enum": ["Paris", "Oslo", "Lima"]},
+                                                "zip": {"type": "string", "pattern": "^[0-9]{5}$"}})})}),
     "enum": {"enum": ["red", "green", "blue", 7, None]},
     "bounded_array": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 9},
                       "minItems": 2, "maxItems": 4},

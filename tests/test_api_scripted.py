@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import httpx
 import openai
@@ -19,6 +19,7 @@ from oss_serve.api.app import build_app
 from oss_serve.api.engine_client import Generator
 from oss_serve.api.metrics import ServerMetrics
 from oss_serve.api.state import ServingState
+from oss_serve.engine.messages import EngineStats
 from oss_serve.engine.outputs import StreamOutput, TokenLogprob
 from oss_serve.engine.sampling_params import SamplingParams
 from oss_serve.server_args import ServerArgs
@@ -92,8 +93,11 @@ class ScriptedTokenSource:
     async def abort(self, request_id: str) -> None:
         self.aborted.append(request_id)
 
-    def stats(self) -> dict[str, float]:
-        return {"num_running_reqs": 0, "num_queue_reqs": 0}
+    async def flush_cache(self) -> bool:
+        return True
+
+    def stats(self) -> EngineStats:
+        return EngineStats()
 
 
 def _app(encoding, script: str = REASONED_ANSWER, api_key: str | None = None):
@@ -129,7 +133,8 @@ def test_chat_splits_reasoning_and_content(harmony_encoding) -> None:
         assert message.model_extra["reasoning"] == "The user greets me."
         assert reply.choices[0].finish_reason == "stop"
         assert reply.choices[0].model_extra["matched_stop"] == 200002
-        assert reply.usage.completion_tokens_details.reasoning_tokens == len(harmony_encoding.encode("The user greets me."))
+        reasoning_tokens = len(harmony_encoding.encode("The user greets me."))
+        assert reply.usage.completion_tokens_details.reasoning_tokens == reasoning_tokens
         assert reply.usage.prompt_tokens_details.cached_tokens == 0
         assert reply.metadata == {"weight_version": "default"}
     run(go())
@@ -301,7 +306,8 @@ def test_prompt_too_long_message_gives_both_numbers(harmony_encoding) -> None:
         http, _ = _clients(app)
         error = (await http.post("/v1/completions", json={"prompt": list(range(1, 5001))})).json()["error"]
         assert "5000" in error["message"] and str(CONTEXT_LENGTH) in error["message"]
-        malformed = await http.post("/v1/completions", content=b"{not json", headers={"content-type": "application/json"})
+        malformed = await http.post("/v1/completions", content=b"{not json",
+                                    headers={"content-type": "application/json"})
         assert malformed.status_code == 400 and malformed.json()["error"]["type"] == "invalid_request_error"
     run(go())
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import openai
 import pytest
-
-from oss_serve.bench.server_process import ServerProcess
+from server_process import ServerProcess
 
 API_KEY = "test-key"
 MODEL = "tiny-gpt-oss"

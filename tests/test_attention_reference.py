@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from oss_serve.attention.base import reference_attention
+from oss_serve.kernels.reference import reference_attention
 
 
 def naive(q, k, v, sinks, scale, window):

@@ -5,10 +5,10 @@ import math
 from pathlib import Path
 
 import pytest
+from server_process import free_port
 
 from oss_serve.bench.backends import get_backend
 from oss_serve.bench.datasets import BenchRequest
-from oss_serve.bench.server_process import free_port
 from oss_serve.bench.serving import adapt_prompts, build_arg_parser, build_requests, main, resolve_base_url
 from oss_serve.bench.tokenizer import HFTokenizer, load_tokenizer
 

@@ -9,8 +9,13 @@ import numpy as np
 import pytest
 
 from oss_serve.bench.arrivals import arrival_offsets
-from oss_serve.bench.datasets import (generated_shared_prefix_dataset, random_dataset, random_ids_dataset,
-                                      sample_lengths, sharegpt_dataset)
+from oss_serve.bench.datasets import (
+    generated_shared_prefix_dataset,
+    random_dataset,
+    random_ids_dataset,
+    sample_lengths,
+    sharegpt_dataset,
+)
 from oss_serve.bench.tokenizer import HFTokenizer, load_tokenizer
 
 

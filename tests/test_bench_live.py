@@ -8,11 +8,10 @@ import json
 from pathlib import Path
 
 import pytest
+from server_process import shared_server, stop_shared_servers
 
 from oss_serve.bench.backends import BACKEND_NAMES
-from oss_serve.bench.server_process import shared_server, stop_shared_servers
 from oss_serve.bench.serving import main as bench_main
-
 
 NUM_PROMPTS = 4
 INPUT_LEN = 24

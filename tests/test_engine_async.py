@@ -52,10 +52,10 @@ def test_streams_match_offline_and_abort_frees_pages(tiny_ckpt: Path) -> None:
                 break
             for _ in range(50):
                 await asyncio.sleep(0.05)
-                if engine.stats().get("num_running") == 0 and engine.stats().get("num_waiting") == 0:
+                if engine.stats().num_running == 0 and engine.stats().num_waiting == 0:
                     break
             stats = engine.stats()
-            assert stats["num_running"] == 0 and stats["num_waiting"] == 0 and stats["engine_alive"]
+            assert stats.num_running == 0 and stats.num_waiting == 0 and stats.engine_alive
 
             with pytest.raises(ValueError, match="4097 tokens"):
                 async for _ in engine.generate([5] * 4097, params, "too-long"):
@@ -82,7 +82,7 @@ def test_engine_death_ends_every_stream_with_an_error(tiny_ckpt: Path) -> None:
             results = await asyncio.wait_for(asyncio.gather(*tasks), timeout=30)
             for outputs in results:
                 assert outputs[-1].finished and outputs[-1].error
-            assert not engine.stats()["engine_alive"]
+            assert not engine.stats().engine_alive
             late = [o async for o in engine.generate([1, 2, 3], params, "late")]
             assert len(late) == 1 and late[0].error
         finally:

@@ -108,8 +108,8 @@ def test_pressure_many_requests_small_pool(tiny_ckpt: Path) -> None:
     outputs = tight.generate(prompts, GREEDY)
     assert [o.token_ids for o in outputs] == expected
     stats = tight.engine.stats()
-    assert stats["num_running"] == 0 and stats["num_waiting"] == 0
-    assert stats["num_preemptions"] > 0  # the pool really was too small for everyone at once
+    assert stats.num_running == 0 and stats.num_waiting == 0
+    assert stats.num_preemptions > 0  # the pool really was too small for everyone at once
 
 
 def test_cancelled_requests_leave_the_pool_as_before(tiny_ckpt: Path) -> None:

@@ -9,11 +9,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from test_engine_batching import random_prompts
 
 from oss_serve import LLM, SamplingParams
 from oss_serve.engine.request import PENDING_TOKEN
-from oss_serve.structured.spec import GrammarSpec, StructuredOutput
-from test_engine_batching import random_prompts
+from oss_serve.engine.structured.spec import GrammarSpec, StructuredOutput
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -60,7 +60,7 @@ def test_same_outputs_as_the_plain_schedule(tiny_ckpt: Path) -> None:
         plain = generate(llm, False, prompts, params)
         overlapped = generate(llm, True, prompts, params)
         assert summary(overlapped) == summary(plain)
-    assert llm.engine.stats()["num_preemptions"] == 0  # the pool is roomy: nothing was requeued
+    assert llm.engine.stats().num_preemptions == 0  # the pool is roomy: nothing was requeued
     assert any(o.finish_reason == "stop" for o in plain)
     assert any(o.num_cached_tokens > 0 for o in plain)
     constrained = [o for i, o in enumerate(plain) if i % 8 != 7 and i % len(kinds) == len(kinds) - 1]
@@ -73,7 +73,7 @@ def test_preemption_with_draws_in_flight(tiny_ckpt: Path) -> None:
         prompts, GREEDY)]
     tight = LLM(str(tiny_ckpt), max_total_tokens=256, page_size=4)
     assert [o.token_ids for o in generate(tight, True, prompts, [GREEDY] * len(prompts))] == expected
-    assert tight.engine.stats()["num_preemptions"] > 0
+    assert tight.engine.stats().num_preemptions > 0
 
 
 def test_abort_while_a_draw_is_in_flight(tiny_ckpt: Path) -> None:

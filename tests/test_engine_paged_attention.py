@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from oss_serve.attention.base import reference_attention
-from oss_serve.attention.paged import paged_attention, store_kv
+from oss_serve.engine.paged_kv import paged_attention
+from oss_serve.kernels.reference import reference_attention, store_kv
 
 
 @pytest.mark.parametrize("kv_dtype", [torch.float32, torch.bfloat16, torch.float8_e4m3fn])

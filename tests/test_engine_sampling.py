@@ -14,7 +14,6 @@ from oss_serve import LLM, SamplingParams
 from oss_serve.engine.detokenizer import IncrementalDetokenizer
 from oss_serve.engine.sampler import CDF_BLOCK, CUT_CANDIDATES, _cut_by_rank, _inverse_cdf, sample
 
-
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 

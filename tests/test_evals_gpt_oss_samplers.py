@@ -23,9 +23,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-
-from oss_serve.bench.server_process import ServerProcess
-
+from server_process import ServerProcess
 
 GPT_OSS_VERSION = "0.0.9"
 WHEEL_NAME = f"gpt_oss-{GPT_OSS_VERSION}-py3-none-any.whl"

@@ -8,12 +8,17 @@ import httpx
 import openai
 import pytest
 
-from oss_serve.evals.data import DatasetUnavailable, load_dataset_texts
-from oss_serve.evals.grading import extract_aime_answer, extract_boxed, extract_choice_letter, extract_final_number
-from oss_serve.evals.report import render_html, write_reports
-from oss_serve.evals.runner import run_eval
-from oss_serve.evals.samplers import Sampler, SamplerReply, api_base_url
-from oss_serve.evals.tasks import get_task
+from oss_serve.bench.evals.data import DatasetUnavailable, load_dataset_texts
+from oss_serve.bench.evals.grading import (
+    extract_aime_answer,
+    extract_boxed,
+    extract_choice_letter,
+    extract_final_number,
+)
+from oss_serve.bench.evals.report import render_html, write_reports
+from oss_serve.bench.evals.runner import run_eval
+from oss_serve.bench.evals.samplers import Sampler, SamplerReply, api_base_url
+from oss_serve.bench.evals.tasks import get_task
 
 
 @pytest.mark.parametrize("reply, letter", [
@@ -112,8 +117,8 @@ def test_dataset_path_and_offline_error(tmp_path: Path, monkeypatch: pytest.Monk
     def unreachable(*args, **kwargs):
         raise httpx.ConnectError("no network")
 
-    monkeypatch.setattr("oss_serve.evals.data.httpx.get", unreachable)
-    monkeypatch.setattr("oss_serve.evals.data.cache_dir", lambda: tmp_path / "empty_cache")
+    monkeypatch.setattr("oss_serve.bench.evals.data.httpx.get", unreachable)
+    monkeypatch.setattr("oss_serve.bench.evals.data.cache_dir", lambda: tmp_path / "empty_cache")
     with pytest.raises(DatasetUnavailable, match="--dataset-path"):
         load_dataset_texts("gpqa", None)
 

@@ -9,10 +9,9 @@ import json
 from pathlib import Path
 
 import pytest
+from server_process import shared_server, stop_shared_servers
 
-from oss_serve.bench.server_process import shared_server, stop_shared_servers
-from oss_serve.evals.cli import main as evals_main
-
+from oss_serve.bench.evals.cli import main as evals_main
 
 GPQA_CSV = (
     "Question,Correct Answer,Incorrect Answer 1,Incorrect Answer 2,Incorrect Answer 3\n"

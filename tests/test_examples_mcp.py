@@ -8,19 +8,19 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 pytest.importorskip("mcp", reason="the `mcp` package is not installed")
 
 import openai_harmony  # noqa: E402
+from exa_search_double import SearchDouble
 
 from oss_serve.tools.mcp_client import McpToolServer  # noqa: E402
 from oss_serve.tools.python_backends import SandboxBackend, UvBackend  # noqa: E402
-from exa_search_double import SearchDouble
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO_ROOT / "examples" / "mcp"

@@ -6,7 +6,7 @@ import sys
 
 from oss_serve.generate import generate_ids
 from oss_serve.model.loader import load_model
-from oss_serve.tokenizer import Tokenizer
+from oss_serve.model.tokenizer import Tokenizer
 
 
 def run_generate(*args: str) -> subprocess.CompletedProcess:

@@ -74,7 +74,8 @@ def test_malformed_variants(harmony_encoding, output: str, expected: tuple) -> N
 
 def test_preamble_on_commentary_is_content(harmony_encoding) -> None:
     messages = parse_output_text("<|channel|>commentary<|message|>Checking.<|end|><|start|>assistant"
-                                 "<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{}<|call|>",
+                                 "<|channel|>commentary to=functions.get_weather "
+                                 "<|constrain|>json<|message|>{}<|call|>",
                                  function_names=["get_weather"])
     assert _reasoning_content_calls(messages) == ("", "Checking.", [("get_weather", "{}")])
 

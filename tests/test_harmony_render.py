@@ -108,7 +108,8 @@ def test_tool_choice_none_hides_functions(harmony_encoding) -> None:
     ({"messages": [{"role": "user", "content": "x"}], "tools": [WEATHER_TOOL],
       "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
     ({"messages": [{"role": "user", "content": "x"}], "response_format": {
-        "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": 5}}}}, "response_format.json_schema.schema"),
+        "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": 5}}}},
+     "response_format.json_schema.schema"),
     ({"messages": [{"role": "tool", "tool_call_id": "missing", "content": "x"}]}, "messages[0].tool_call_id"),
 ])
 def test_bad_chat_requests_name_the_field(harmony_encoding, body: dict, param: str) -> None:

@@ -6,8 +6,14 @@ from dataclasses import replace
 import pytest
 import torch
 
-from oss_serve.kernels.moe_mxfp4 import (DECODE_MAX_SLOTS, _group_slots_triton,
-                                         group_slots_by_expert, moe_mxfp4, moe_mxfp4_reference, select_path)
+from oss_serve.kernels.moe_mxfp4 import (
+    DECODE_MAX_SLOTS,
+    _group_slots_triton,
+    group_slots_by_expert,
+    moe_mxfp4,
+    moe_mxfp4_reference,
+    select_path,
+)
 from oss_serve.kernels.moe_mxfp4_decode import DecodeTiles
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -161,8 +167,8 @@ def test_kernel_grouping_matches_torch_grouping(num_tokens: int, num_experts: in
 
 def test_reference_matches_dense_torch_experts() -> None:
     """The reference follows the model's TorchExperts once the blocks are dequantized."""
+    from oss_serve.kernels.reference import dequantize_mxfp4
     from oss_serve.model.moe import TorchExperts
-    from oss_serve.model.mxfp4 import dequantize_mxfp4
 
     class Config:
         num_experts, hidden_size, intermediate_size, swiglu_limit, swiglu_alpha = 4, 96, 32, 7.0, 1.702

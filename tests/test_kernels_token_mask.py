@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from oss_serve.engine.structured.step_masks import StepMasks
 from oss_serve.kernels.token_mask import mask_tokens_, mask_tokens_reference
-from oss_serve.structured.step_masks import StepMasks
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from oss_serve.model.mxfp4 import dequantize_mxfp4
+from oss_serve.kernels.reference import dequantize_mxfp4
 from oss_serve.testing.make_checkpoint import PRESETS, build_config, make_checkpoint
 
 TINY = PRESETS["tiny"]
@@ -89,7 +89,8 @@ def test_files_and_index(mxfp4: bool, tiny_ckpt: Path, tiny_mxfp4_ckpt: Path) ->
     index = json.loads((folder / "model.safetensors.index.json").read_text())
     shard_files = sorted(path.name for path in folder.glob("*.safetensors"))
     assert len(shard_files) >= 2
-    assert shard_files == [f"model-{i:05d}-of-{len(shard_files):05d}.safetensors" for i in range(1, len(shard_files) + 1)]
+    assert shard_files == [f"model-{i:05d}-of-{len(shard_files):05d}.safetensors"
+                           for i in range(1, len(shard_files) + 1)]
     assert sorted(set(index["weight_map"].values())) == shard_files
     total_size = 0
     for file_name in shard_files:
@@ -173,9 +174,11 @@ def test_mxfp4_scales_are_sensible(tiny_mxfp4_ckpt: Path) -> None:
 def test_bf16_experts_are_the_dequantized_mxfp4_experts(tiny_ckpt: Path, tiny_mxfp4_ckpt: Path) -> None:
     dense, quantized = read_checkpoint(tiny_ckpt), read_checkpoint(tiny_mxfp4_ckpt)
     prefix = "model.layers.1.mlp.experts."
-    gate_up = dequantize_mxfp4(quantized[prefix + "gate_up_proj_blocks"], quantized[prefix + "gate_up_proj_scales"], torch.float32)
+    gate_up = dequantize_mxfp4(quantized[prefix + "gate_up_proj_blocks"], quantized[prefix + "gate_up_proj_scales"],
+                               torch.float32)
     assert torch.equal(gate_up.transpose(1, 2).to(torch.bfloat16), dense[prefix + "gate_up_proj"])
-    down = dequantize_mxfp4(quantized[prefix + "down_proj_blocks"], quantized[prefix + "down_proj_scales"], torch.float32)
+    down = dequantize_mxfp4(quantized[prefix + "down_proj_blocks"], quantized[prefix + "down_proj_scales"],
+                            torch.float32)
     assert torch.equal(down.transpose(1, 2).to(torch.bfloat16), dense[prefix + "down_proj"])
     for name in dense.keys() & quantized.keys():
         assert torch.equal(dense[name], quantized[name]), name
@@ -186,13 +189,15 @@ def test_seed_determines_weights(tiny_ckpt: Path, tmp_path: Path) -> None:
     other = make_checkpoint(tmp_path / "other", preset="tiny", seed=1)
     original, same, different = read_checkpoint(tiny_ckpt), read_checkpoint(again), read_checkpoint(other)
     assert all(torch.equal(original[name], same[name]) for name in original)
-    assert not torch.equal(original["model.layers.0.self_attn.q_proj.weight"], different["model.layers.0.self_attn.q_proj.weight"])
+    q_proj = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(original[q_proj], different[q_proj])
 
 
 def test_command_line(tmp_path: Path, tokenizer_json_path: Path) -> None:
     out = tmp_path / "cli"
     result = subprocess.run(
-        [sys.executable, "-m", "oss_serve.testing.make_checkpoint", str(out), "--preset", "tiny", "--mxfp4", "--seed", "3"],
+        [sys.executable, "-m", "oss_serve.testing.make_checkpoint", str(out),
+         "--preset", "tiny", "--mxfp4", "--seed", "3"],
         capture_output=True,
         text=True,
         check=True,

@@ -1,7 +1,7 @@
 """The MXFP4 decoder against hand-computed bytes."""
 import torch
 
-from oss_serve.model.mxfp4 import dequantize_mxfp4
+from oss_serve.kernels.reference import dequantize_mxfp4
 
 
 def test_nibble_order_and_scale_bias():

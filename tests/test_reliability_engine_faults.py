@@ -8,11 +8,17 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fault_injection import (
+    ENV_SWITCH,
+    FORWARD_FAULT_TOKEN,
+    SAMPLING_FAULT_TOKEN,
+    faulty_forward,
+    faulty_sample,
+    write_sitecustomize,
+)
+from server_process import ServerProcess
 
-from fault_injection import (ENV_SWITCH, FORWARD_FAULT_TOKEN, SAMPLING_FAULT_TOKEN, faulty_forward, faulty_sample,
-                             write_sitecustomize)
 from oss_serve import LLM, SamplingParams
-from oss_serve.bench.server_process import ServerProcess
 from oss_serve.engine import engine_core, model_runner
 
 GREEDY = SamplingParams(max_new_tokens=6, temperature=0, ignore_eos=True)

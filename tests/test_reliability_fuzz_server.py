@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
-
-from oss_serve.bench.server_process import ServerProcess
+from server_process import ServerProcess
 from test_reliability_input import hostile_bodies
 
 REPO = Path(__file__).resolve().parents[1]

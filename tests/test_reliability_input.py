@@ -13,9 +13,10 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_api_scripted import MODEL, VOCAB_SIZE, _app
 
 from oss_serve.api.responses.store import ResponseStore
-from test_api_scripted import MODEL, VOCAB_SIZE, _app
+from oss_serve.engine.messages import EngineStats
 
 ENDPOINTS = ["/v1/completions", "/v1/chat/completions", "/v1/responses", "/generate", "/separate_reasoning",
              "/parse_function_call"]
@@ -34,8 +35,8 @@ unicode_text = st.one_of(
 )
 # Integers across the whole int64 range and past it (with its edges), and every kind of float (JSON's
 # NaN / Infinity tokens included: Python's parser accepts them).
-INT_EDGES = [0, 1, -1, 128, 129, 2 ** 31, 2 ** 53 + 1, 2 ** 63 - 1, 2 ** 63, -(2 ** 63), -(2 ** 63) - 1, 2 ** 64, 201087,
-             201088]
+INT_EDGES = [0, 1, -1, 128, 129, 2 ** 31, 2 ** 53 + 1, 2 ** 63 - 1, 2 ** 63, -(2 ** 63), -(2 ** 63) - 1, 2 ** 64,
+             201087, 201088]
 numbers = st.one_of(st.integers(min_value=-(2 ** 70), max_value=2 ** 70), st.integers(min_value=-5, max_value=300),
                     st.floats(), st.sampled_from([*INT_EDGES, 1e308, 1e-320]))
 token_ids = st.one_of(st.integers(min_value=-(2 ** 65), max_value=2 ** 65), st.sampled_from(INT_EDGES))
@@ -127,7 +128,8 @@ def fuzz_target(harmony_encoding: Any) -> tuple[Any, asyncio.AbstractEventLoop]:
 
 @settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck))
 @given(case=hostile_bodies())
-def test_fuzzed_bodies_never_500_and_rejections_name_the_field(fuzz_target: Any, case: tuple[str, bytes, list[str]]) -> None:
+def test_fuzzed_bodies_never_500_and_rejections_name_the_field(fuzz_target: Any,
+                                                               case: tuple[str, bytes, list[str]]) -> None:
     app, loop = fuzz_target
     endpoint, body, fields = case
 
@@ -276,11 +278,12 @@ def test_hostile_query_parameters_are_400_or_served(harmony_encoding: Any, query
 def test_queue_limit_refuses_with_503_and_retry_after_and_health_stays_up(harmony_encoding: Any) -> None:
     """Deterministic twin of the soak's load run: an engine that holds every request until
     released, --max-queued-requests 2, no request running in the engine."""
+    from test_api_scripted import HarmonyTextTokenizer, ScriptedTokenSource
+
     from oss_serve.api.app import build_app
     from oss_serve.api.engine_client import Generator
     from oss_serve.api.state import ServingState
     from oss_serve.server_args import ServerArgs
-    from test_api_scripted import HarmonyTextTokenizer, ScriptedTokenSource
 
     class HeldEngine(ScriptedTokenSource):
         def __init__(self) -> None:
@@ -292,8 +295,8 @@ def test_queue_limit_refuses_with_503_and_retry_after_and_health_stays_up(harmon
             async for output in super().generate(*args):
                 yield output
 
-        def stats(self) -> dict[str, float]:
-            return {"num_running": 0}
+        def stats(self) -> EngineStats:
+            return EngineStats()
 
     engine = HeldEngine()
     args = ServerArgs(model_path="/models/gpt-oss", served_model_name=MODEL, max_queued_requests=2)
@@ -327,7 +330,7 @@ def test_long_history_texts_are_tokenized_by_the_checkpoint_tokenizer_with_the_s
     """openai-harmony's encoder is quadratic in an unbroken run (300,000 letters: 45 s, holding the GIL):
     long message texts go through the tokenizers library instead, and the prompt ids must not change."""
     from oss_serve.harmony import render
-    from oss_serve.tokenizer import Tokenizer
+    from oss_serve.model.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.from_pretrained(tiny_ckpt)
     texts = ["Paris is the capital of France. " * 200, "y" * 20_000, "中文没有空格" * 1000 + "。", "🧑‍🚀 " * 900,

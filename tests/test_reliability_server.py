@@ -12,11 +12,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
+
+from oss_serve.engine.messages import EngineStats
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -57,14 +59,13 @@ def guarded_server(tiny_ckpt: Path) -> Iterator[ServerUnderTest]:
 
 
 def _routes() -> list[tuple[str, str]]:
-    from oss_serve.api.app import OPEN_ROUTES
-    from oss_serve.api.app import build_app
+    from oss_serve.api.app import OPEN_ROUTES, build_app
     from oss_serve.api.state import ServingState
     from oss_serve.server_args import ServerArgs
 
     class NoEngine:
-        def stats(self) -> dict:
-            return {}
+        def stats(self) -> EngineStats:
+            return EngineStats()
 
     app = build_app(ServingState(ServerArgs(model_path="m"), NoEngine(), None, None, 1, "m", 1), None)  # type: ignore[arg-type]
     def flattened(routes: list) -> list:

@@ -15,19 +15,20 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
+from test_tools_browser import API_KEY as EXA_KEY
+from test_tools_browser import ExaDouble, call, make_session
+from test_tools_python import isolating_backend, run_code  # noqa: F401 - the fixture is used by name
 
 from oss_serve.tools import web_fetch
 from oss_serve.tools.browser_backends import ExaBackend
 from oss_serve.tools.browser_tool import BrowserToolServer
 from oss_serve.tools.python_backends import PythonBackend
-from test_tools_browser import API_KEY as EXA_KEY
-from test_tools_browser import ExaDouble, call, make_session
-from test_tools_python import isolating_backend, run_code  # noqa: F401 - the fixture is used by name
 
 # --- python sandbox escapes (sandbox and docker backends) ---
 
@@ -117,7 +118,10 @@ def test_a_gigabyte_to_stdout_is_cut_and_bounded(isolating_backend: PythonBacken
 
 
 def test_loop_that_ignores_sigterm_still_times_out(isolating_backend: PythonBackend) -> None:
-    code = "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass"
+    code = ("import signal\n"
+            "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+            "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+            "while True:\n    pass")
     started = time.monotonic()
     result, after = asyncio.run(run_code(isolating_backend, code, "print('alive')", timeout_s=2))
     assert time.monotonic() - started < 25
@@ -144,8 +148,9 @@ def test_background_process_does_not_outlive_the_session(isolating_backend: Pyth
 # --- MCP servers that hang, die mid-call, or talk garbage ---
 
 pytest.importorskip("mcp", reason="the `mcp` package is not installed")
-from oss_serve.tools.mcp_client import McpConnectError, McpToolServer  # noqa: E402
 from test_tools_mcp import SERVER_SCRIPT, free_port, start_server, stop_server  # noqa: E402
+
+from oss_serve.tools.mcp_client import McpConnectError, McpToolServer  # noqa: E402
 
 
 class _SilentServer:
@@ -183,7 +188,8 @@ class _GarbageHandler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
         self.end_headers()
-        self.wfile.write(b"event: endpoint\ndata: \x00\xff not a url\n\nevent: message\ndata: {oops\n\n" + os.urandom(512))
+        self.wfile.write(b"event: endpoint\ndata: \x00\xff not a url\n\n"
+                         b"event: message\ndata: {oops\n\n" + os.urandom(512))
         self.wfile.flush()
 
     do_POST = do_GET
@@ -362,7 +368,8 @@ def test_open_refuses_private_and_metadata_addresses(url: str, monkeypatch: pyte
     monkeypatch.setattr(asyncio.BaseEventLoop, "getaddrinfo", resolving_metadata)
     session = make_session("http://127.0.0.1:9", allow_private=False)
     result = call(session, "browser.open", id=url)
-    assert result.is_error and ("Refusing to open" in result.text or "Could not resolve" in result.text), (url, result.text)
+    assert result.is_error and ("Refusing to open" in result.text
+                                or "Could not resolve" in result.text), (url, result.text)
 
 
 def test_redirects_and_dns_names_into_private_space_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -376,7 +383,7 @@ def test_redirects_and_dns_names_into_private_space_are_refused(monkeypatch: pyt
 
         def do_GET(self) -> None:
             hits.append(self.path)
-            targets = {"/to-loopback": "http://127.0.0.2:%d/secret" % self.server.server_address[1],
+            targets = {"/to-loopback": f"http://127.0.0.2:{self.server.server_address[1]}/secret",
                        "/to-metadata": "http://169.254.169.254/latest/meta-data/",
                        "/to-name": "http://internal.example.test/",
                        "/to-file": "file:///etc/passwd"}
@@ -389,7 +396,8 @@ def test_redirects_and_dns_names_into_private_space_are_refused(monkeypatch: pyt
     site.daemon_threads = True
     threading.Thread(target=site.serve_forever, daemon=True).start()
     real_is_public = web_fetch.is_public_address
-    monkeypatch.setattr(web_fetch, "is_public_address", lambda address: address == "127.0.0.1" or real_is_public(address))
+    monkeypatch.setattr(web_fetch, "is_public_address",
+                        lambda address: address == "127.0.0.1" or real_is_public(address))
     real_getaddrinfo = asyncio.BaseEventLoop.getaddrinfo
 
     async def fake_dns(self: Any, host: Any, *args: Any, **kwargs: Any) -> Any:
@@ -408,7 +416,8 @@ def test_redirects_and_dns_names_into_private_space_are_refused(monkeypatch: pyt
         site.shutdown()
         site.server_close()
     for path, result in results.items():
-        assert result.is_error and ("Refusing to open" in result.text or "Only http" in result.text), (path, result.text)
+        assert result.is_error and ("Refusing to open" in result.text
+                                    or "Only http" in result.text), (path, result.text)
     assert "/secret" not in hits  # the inward hop was never fetched
     assert direct_name.is_error and "Refusing to open" in direct_name.text
 

@@ -3,14 +3,13 @@ checkpoint, through the openai SDK: shapes, streaming, usage, stored / backgroun
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import openai
 import pytest
 from openai.types.responses import Response
-
-from oss_serve.bench.server_process import ServerProcess, free_port
+from server_process import ServerProcess, free_port
 
 MODEL = "tiny-gpt-oss"
 
@@ -133,7 +132,8 @@ def test_background_poll_cancel_and_replay(server: Server) -> None:
 def test_bad_requests(server: Server) -> None:
     sdk = server.sdk()
     with pytest.raises(openai.BadRequestError, match="--tool-server"):
-        sdk.responses.create(model=MODEL, input="x", tools=[{"type": "code_interpreter", "container": {"type": "auto"}}])
+        sdk.responses.create(model=MODEL, input="x",
+                             tools=[{"type": "code_interpreter", "container": {"type": "auto"}}])
     with pytest.raises(openai.NotFoundError):
         sdk.responses.retrieve("resp_unknown")
 

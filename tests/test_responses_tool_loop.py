@@ -13,15 +13,19 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from collections.abc import AsyncIterator, Iterator
 from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator
+from typing import Any
 
 import httpx
 import openai
 import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
+from test_tools_browser import API_KEY as EXA_KEY
+from test_tools_browser import ExaDouble
+from test_tools_mcp import SERVER_SCRIPT, free_port, start_server, stop_server
 
 from oss_serve.api.app import build_app
 from oss_serve.api.engine_client import Generator
@@ -37,9 +41,6 @@ from oss_serve.tools.browser_tool import BrowserToolServer
 from oss_serve.tools.python_backends import SandboxBackend, UvBackend
 from oss_serve.tools.python_tool import PythonToolServer
 from oss_serve.tools.tool_group import ToolServerGroup
-from test_tools_browser import API_KEY as EXA_KEY
-from test_tools_browser import ExaDouble
-from test_tools_mcp import SERVER_SCRIPT, free_port, start_server, stop_server
 
 MODEL = "scripted-gpt-oss"
 CONTEXT_LENGTH = 8192
@@ -190,7 +191,8 @@ def run(coro: Any) -> Any:
 
 def test_python_loop_items_events_usage_and_prefix_reuse(harmony_encoding: Any) -> None:
     app, engine = make_app(harmony_encoding, [PYTHON_CALL, FINAL_42], python_tool())
-    body = {"model": MODEL, "input": "What is 6*7?", "tools": [{"type": "code_interpreter", "container": {"type": "auto"}}],
+    body = {"model": MODEL, "input": "What is 6*7?",
+            "tools": [{"type": "code_interpreter", "container": {"type": "auto"}}],
             "include": ["code_interpreter_call.outputs"]}
 
     async def go() -> tuple[Response, list[Any]]:
@@ -227,7 +229,8 @@ def test_python_loop_items_events_usage_and_prefix_reuse(harmony_encoding: Any) 
     kinds = [event.type for event in events]
     code_events = [k for k in kinds if k.startswith("response.code_interpreter_call")]
     assert code_events[0] == "response.code_interpreter_call.in_progress"
-    assert code_events[-3:] == ["response.code_interpreter_call_code.done", "response.code_interpreter_call.interpreting",
+    assert code_events[-3:] == ["response.code_interpreter_call_code.done",
+                                "response.code_interpreter_call.interpreting",
                                 "response.code_interpreter_call.completed"]
     assert "".join(e.delta for e in events if e.type == "response.code_interpreter_call_code.delta") == "print(6 * 7)"
     assert "".join(e.delta for e in events if e.type == "response.reasoning_text.delta") == "Compute it."
@@ -240,7 +243,8 @@ def test_tool_failure_becomes_tool_output_and_loop_goes_on(harmony_encoding: Any
 
     async def go() -> Response:
         _, sdk = sdk_for(app)
-        return await sdk.responses.create(model=MODEL, input="x", tools=[{"type": "code_interpreter", "container": "auto"}],
+        return await sdk.responses.create(model=MODEL, input="x",
+                                          tools=[{"type": "code_interpreter", "container": "auto"}],
                                           include=["code_interpreter_call.outputs"])
 
     response = run(go())
@@ -255,7 +259,8 @@ def test_max_tool_calls_tells_the_model_then_ends_incomplete(harmony_encoding: A
 
     async def go() -> Response:
         _, sdk = sdk_for(app)
-        return await sdk.responses.create(model=MODEL, input="x", tools=[{"type": "code_interpreter", "container": "auto"}],
+        return await sdk.responses.create(model=MODEL, input="x",
+                                          tools=[{"type": "code_interpreter", "container": "auto"}],
                                           max_tool_calls=1)
 
     response = run(go())
@@ -376,7 +381,8 @@ CUT_CALLS = {  # kind -> (tools, item type, header, the call's text, the item fi
     "mcp": ([{"type": "mcp", "server_label": "calc", "require_approval": "never"}], "mcp_call",
             "<|channel|>commentary to=calc.add <|constrain|>json<|message|>", '{"a": 1234567, "b": 7654321}',
             "arguments"),
-    "function": ([WEATHER], "function_call", "<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>",
+    "function": ([WEATHER], "function_call",
+                 "<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>",
                  '{"location": "San Francisco, California"}', "arguments"),
 }
 
@@ -455,7 +461,8 @@ def test_function_call_roundtrip_with_previous_response_id(harmony_encoding: Any
     assert call.call_id.startswith("call_") and call.status == "completed" and first.status == "completed"
     assert second.output_text == "Sunny."
     second_prompt = harmony_encoding.decode(engine.prompts[1])
-    assert "<|start|>functions.get_weather to=assistant<|channel|>commentary<|message|>sunny, 24C<|end|>" in second_prompt
+    tool_turn = "<|start|>functions.get_weather to=assistant<|channel|>commentary<|message|>sunny, 24C<|end|>"
+    assert tool_turn in second_prompt
     assert "Need weather." in second_prompt  # the turn is not finished: its reasoning stays
     check_event_order(events)
     arguments = [e for e in events if e.type.startswith("response.function_call_arguments")]
@@ -708,7 +715,7 @@ def test_tool_server_start_failure_is_closed_and_503(harmony_encoding: Any,
 
 
 class _StubMcp:
-    instances: list["_StubMcp"] = []
+    instances: list[_StubMcp] = []
 
     def __init__(self, url: str, **_: Any) -> None:
         self.url = url

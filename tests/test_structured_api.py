@@ -4,15 +4,14 @@ json_schema / regex / ebnf; streamed and not; bad schemas are 400s naming the pr
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import jsonschema
 import openai
 import pytest
-
-from oss_serve.bench.server_process import ServerProcess
+from server_process import ServerProcess
 from structured_schemas import SCHEMAS
 
 MESSAGES = [{"role": "user", "content": "Describe a person as JSON."}]

@@ -7,15 +7,15 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from structured_schemas import SCHEMAS
 
 from oss_serve import LLM, SamplingParams
+from oss_serve.engine.structured.grammar import GrammarError, check_grammar
+from oss_serve.engine.structured.harmony_tracker import HarmonyTracker, Phase
+from oss_serve.engine.structured.spec import GrammarSpec, StructuredOutput
 from oss_serve.harmony import encoding as harmony_ids
 from oss_serve.harmony import render
 from oss_serve.harmony.parse import HarmonyOutputParser
-from oss_serve.structured.grammar import GrammarError, check_grammar
-from oss_serve.structured.harmony_tracker import HarmonyTracker, Phase
-from oss_serve.structured.spec import GrammarSpec, StructuredOutput
-from structured_schemas import SCHEMAS
 
 MAX_NEW_TOKENS = 96
 

@@ -7,15 +7,15 @@ import json
 from pathlib import Path
 
 import pytest
+from structured_schemas import SCHEMAS
 
 from oss_serve import LLM, SamplingParams
+from oss_serve.engine.structured.call_grammar import CallTarget, forced_call_grammar, loose_arguments_schema
+from oss_serve.engine.structured.grammar import load_tokenizer, new_matcher
+from oss_serve.engine.structured.spec import StructuredOutput
 from oss_serve.harmony import encoding as harmony_ids
 from oss_serve.harmony import render
 from oss_serve.harmony.parse import HarmonyOutputParser
-from oss_serve.structured.call_grammar import CallTarget, forced_call_grammar, loose_arguments_schema
-from oss_serve.structured.grammar import load_tokenizer, new_matcher
-from oss_serve.structured.spec import StructuredOutput
-from structured_schemas import SCHEMAS
 
 WEATHER_PARAMETERS = {"type": "object", "properties": {"location": {"type": "string"}, "unit": {"enum": ["c", "f"]}}}
 WEATHER = CallTarget("functions.get_weather", "commentary", json.dumps(loose_arguments_schema(WEATHER_PARAMETERS)))
@@ -102,7 +102,8 @@ def test_engine_replies_are_reasoning_then_one_json_call(llm: LLM, budget: int |
             finished += 1
             assert output.token_ids[-1] == harmony_ids.CALL and call.terminator == "call"
             arguments = json.loads(call.text)
-            allowed = WEATHER_PARAMETERS["properties"] if call.function_name == "get_weather" else SCHEMAS["flat"]["properties"]
+            allowed = (WEATHER_PARAMETERS["properties"] if call.function_name == "get_weather"
+                       else SCHEMAS["flat"]["properties"])
             assert set(arguments) <= set(allowed)
         else:
             assert output.finish_reason == "length" and len(output.token_ids) == 48

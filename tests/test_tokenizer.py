@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from oss_serve.env import vocab_dir as find_vocab_dir
 from oss_serve.harmony import encoding as harmony_ids
-from oss_serve.harmony.encoding import find_vocab_dir, special_token_name, stop_token_ids_for_assistant
+from oss_serve.harmony.encoding import special_token_name, stop_token_ids_for_assistant
+from oss_serve.model.tokenizer import Tokenizer
 from oss_serve.testing.tokenizer_json import derive_merges
-from oss_serve.tokenizer import Tokenizer
 
 VARIED_STRINGS = [
     "Hello, world!",
@@ -99,7 +100,8 @@ def test_encode_matches_harmony(tokenizer: Tokenizer, harmony_encoding, text: st
 
 def test_random_text_matches_harmony(tokenizer: Tokenizer, harmony_encoding) -> None:
     rng = random.Random(1234)
-    alphabet = list("abcXYZ019 \n\t\r'\".,:;!?-_()[]{}<>|/\\#$%&*+=~`") + list("éßçø中文日本한국😀🚀🏽абвαβ∑√\u0301\u200b\u00a0")
+    alphabet = (list("abcXYZ019 \n\t\r'\".,:;!?-_()[]{}<>|/\\#$%&*+=~`")
+                + list("éßçø中文日本한국😀🚀🏽абвαβ∑√\u0301\u200b\u00a0"))
     for _ in range(500):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40)))
         assert tokenizer.encode(text) == harmony_encoding.encode(text, allowed_special=set(), disallowed_special=())

@@ -8,8 +8,8 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterator
 
 import pytest
 
@@ -28,7 +28,8 @@ OTTERS_HTML = """<!doctype html><html><head><title>Sea otters</title></head><bod
 <script>document.write("never shown")</script>
 </body></html>"""
 
-KELP_HTML = "<html><head><title>Kelp forests</title></head><body><p>Kelp grows fast where urchins are few.</p></body></html>"
+KELP_HTML = ("<html><head><title>Kelp forests</title></head>"
+             "<body><p>Kelp grows fast where urchins are few.</p></body></html>")
 
 LONG_HTML = ("<html><head><title>Long page</title></head><body>"
              + "".join(f"<p>Paragraph {i}: " + "words " * 30 + "</p>" for i in range(200)) + "</body></html>")
@@ -190,7 +191,8 @@ def test_scrolling_with_loc_and_num_lines_and_view_cap(exa_double: str) -> None:
     session = make_session(exa_double)
     first = call(session, "browser.open", id=f"{exa_double}/pages/long.html")
     header = first.text.splitlines()[1]
-    shown_last, total_last = (int(x) for x in header.removeprefix("**viewing lines [0 - ").removesuffix("**").split("] of "))
+    bounds = header.removeprefix("**viewing lines [0 - ").removesuffix("**").split("] of ")
+    shown_last, total_last = (int(x) for x in bounds)
     assert shown_last < total_last  # a long page is cut to one screen
     assert len(first.text) < 5000
     scrolled = call(session, "browser.open", cursor=0, loc=100, num_lines=3)

@@ -5,15 +5,15 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator
 
 import pytest
+from exa_search_double import SearchDouble
 
 from oss_serve import cli
 from oss_serve.tools.python_backends import SandboxBackend
-from exa_search_double import SearchDouble
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,8 +6,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import openai_harmony
 import pytest
@@ -59,7 +59,7 @@ def start_server(script: Path, port: int) -> subprocess.Popen:
             return process
         except OSError:
             if process.poll() is not None:
-                raise RuntimeError("MCP test server exited at start")
+                raise RuntimeError("MCP test server exited at start") from None
             time.sleep(0.1)
     process.kill()
     raise RuntimeError("MCP test server did not start")
@@ -224,6 +224,7 @@ def test_schema_trimming_and_urls() -> None:
         "title": {"title": "Title", "type": "string", "default": None},
         "items": {"type": "array", "items": {"title": "Item", "anyOf": [{"type": "string"}, {"type": "null"}]}}}}
     assert trim_schema(schema) == {"type": "object", "properties": {
-        "title": {"type": "string"}, "items": {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "null"}]}}}}
+        "title": {"type": "string"},
+        "items": {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "null"}]}}}}
     assert mcp_sse_url("localhost:8001") == "http://localhost:8001/sse"
     assert mcp_sse_url("https://tools.example/sse") == "https://tools.example/sse"

@@ -11,8 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from oss_serve.tools.python_backends import (DockerBackend, PythonBackend, ResourceLimits, SandboxBackend, UvBackend,
-                                             choose_python_backend)
+from oss_serve.tools.python_backends import (
+    DockerBackend,
+    PythonBackend,
+    ResourceLimits,
+    SandboxBackend,
+    UvBackend,
+    choose_python_backend,
+)
 from oss_serve.tools.python_tool import PythonToolServer
 
 # A locally imported image (see REFERENCE section 4: debootstrap + docker import) or the stock one.
@@ -67,7 +73,8 @@ async def run_code(backend: PythonBackend, *cells: str, stateful: bool = False, 
 
 
 def test_runs_code_and_shows_stdout_stderr_and_final_expression(any_backend: PythonBackend) -> None:
-    [result] = asyncio.run(run_code(any_backend, "import sys\nprint('to stdout')\nprint('to stderr', file=sys.stderr)\n6 * 7"))
+    code = "import sys\nprint('to stdout')\nprint('to stderr', file=sys.stderr)\n6 * 7"
+    [result] = asyncio.run(run_code(any_backend, code))
     assert result.text == "to stdout\nto stderr\n42"
     assert not result.is_error
     assert result.recipient == "python"
@@ -110,7 +117,8 @@ def test_infinite_loop_times_out(any_backend: PythonBackend) -> None:
 
 
 def test_huge_output_is_truncated_keeping_head_and_tail(any_backend: PythonBackend) -> None:
-    [result] = asyncio.run(run_code(any_backend, "print('FIRST')\nfor i in range(400000):\n    print('x' * 50)\nprint('LAST')"))
+    code = "print('FIRST')\nfor i in range(400000):\n    print('x' * 50)\nprint('LAST')"
+    [result] = asyncio.run(run_code(any_backend, code))
     assert result.text.startswith("FIRST")
     assert result.text.endswith("LAST")
     assert "bytes of output truncated" in result.text
@@ -153,7 +161,8 @@ def test_server_files_and_home_are_not_readable(isolating_backend: PythonBackend
     server_file = Path(__file__).resolve()
     home = Path.home()
     code = (f"import os\nfor path in [{str(server_file)!r}, {str(home)!r}, '/etc/shadow', '/etc/passwd']:\n"
-            "    try:\n        os.listdir(path) if os.path.isdir(path) else open(path).read()\n        print(path, 'readable')\n"
+            "    try:\n        os.listdir(path) if os.path.isdir(path) else open(path).read()\n"
+            "        print(path, 'readable')\n"
             "    except OSError:\n        print(path, 'hidden')")
     [result] = asyncio.run(run_code(isolating_backend, code))
     lines = result.text.splitlines()
@@ -164,7 +173,8 @@ def test_server_files_and_home_are_not_readable(isolating_backend: PythonBackend
 
 def test_memory_bomb_is_contained(isolating_backend: PythonBackend) -> None:
     # 2 GiB of written bytes against a 512 MiB limit: MemoryError or the OOM killer, never the host.
-    bomb, after = asyncio.run(run_code(isolating_backend, "x = b'x' * (2 * 2**30)\nprint('allocated')", "print('alive')"))
+    bomb, after = asyncio.run(run_code(isolating_backend, "x = b'x' * (2 * 2**30)\nprint('allocated')",
+                                       "print('alive')"))
     assert "allocated" not in bomb.text
     assert "MemoryError" in bomb.text or "exited with code" in bomb.text
     assert after.text == "alive"

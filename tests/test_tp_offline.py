@@ -117,7 +117,7 @@ def test_dead_worker_is_an_error(tiny_ckpt: Path) -> None:
 
 
 def test_multi_node_flags() -> None:
-    from oss_serve.distributed.topology import Topology
+    from oss_serve.engine.tp_topology import Topology
     from oss_serve.launch_server import parse_server_args
 
     args = parse_server_args(["--model-path", "m", "--tp", "8", "--nnodes", "2", "--node-rank", "1",

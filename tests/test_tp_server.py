@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
+from server_process import ServerProcess
 
 from oss_serve import LLM, SamplingParams
-from oss_serve.bench.server_process import ServerProcess
 
 PROMPTS = [[11, 2, 33, 4, 55, 6, 77, 8, 99, 10], [100, 200, 300], [5] * 21]
 MAX_NEW_TOKENS = 12

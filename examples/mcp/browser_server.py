@@ -15,9 +15,9 @@ from typing import Any
 
 import openai_harmony
 from mcp.server.mcpserver import Context, MCPServer
+from mcp_example_common import as_mcp_result, example_parser, serve_sse, tool_args
 from mcp_types import CallToolResult
 
-from mcp_example_common import as_mcp_result, example_parser, serve_sse, tool_args
 from oss_serve.tools.browser_tool import BrowserSession, BrowserToolServer
 from oss_serve.tools.factory import build_browser_tool
 

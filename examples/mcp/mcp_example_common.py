@@ -4,12 +4,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Iterable
+from collections.abc import Iterable
 
 from mcp.server.mcpserver import MCPServer
 from mcp_types import CallToolResult, TextContent
 
-from oss_serve.server_args import ServerArgs
+from oss_serve.server_args import ToolArgs
 from oss_serve.tools.base import ToolResult
 
 
@@ -18,13 +18,13 @@ def example_parser(description: str, tool_flags: Iterable[str], default_port: in
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=default_port, help=f"port to listen on (default: {default_port})")
-    ServerArgs.add_cli_args(parser, only=tool_flags)
+    ToolArgs.add_cli_args(parser, only=tool_flags)
     return parser
 
 
-def tool_args(options: argparse.Namespace) -> ServerArgs:
+def tool_args(options: argparse.Namespace) -> ToolArgs:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    return ServerArgs.from_cli_args(options)
+    return ToolArgs.from_cli_args(options)
 
 
 def as_mcp_result(result: ToolResult) -> CallToolResult:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import sys
 
 from mcp.server.mcpserver import MCPServer
+from mcp_example_common import as_mcp_result, example_parser, serve_sse, tool_args
 from mcp_types import CallToolResult
 
-from mcp_example_common import as_mcp_result, example_parser, serve_sse, tool_args
 from oss_serve.tools.factory import build_python_tool
 from oss_serve.tools.python_tool import PythonToolServer
 

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import hmac
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -25,6 +26,7 @@ from oss_serve.api.protocol import (
 from oss_serve.api.responses.routes import install_responses_api
 from oss_serve.api.state import ServingState
 from oss_serve.api.unicode_check import refuse_lone_surrogates
+from oss_serve.engine.messages import EngineStats
 
 OPEN_ROUTES = frozenset({"/health"})
 # Routes that submit engine requests; --max-queued-requests counts and limits these.
@@ -45,7 +47,7 @@ class GuardMiddleware:
 
     def __init__(self, app: ASGIApp, api_key: str | None, max_request_bytes: int,
                  metrics: ServerMetrics | None, max_queued_requests: int | None = None,
-                 read_engine_stats: Callable[[], dict[str, Any]] | None = None) -> None:
+                 read_engine_stats: Callable[[], EngineStats] | None = None) -> None:
         self.app = app
         self.expected = f"Bearer {api_key}".encode() if api_key else None
         self.max_request_bytes = max_request_bytes
@@ -78,7 +80,7 @@ class GuardMiddleware:
             return False
         running = 0
         if self.read_engine_stats is not None:
-            running = int(self.read_engine_stats().get("num_running", 0))
+            running = self.read_engine_stats().num_running
         return self.generation_requests_in_flight - running >= self.max_queued_requests
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -176,7 +178,7 @@ def build_app(state: ServingState, metrics: ServerMetrics | None = None) -> Fast
         if not state.ready:
             return JSONResponse(error_body("The server is starting.", 503), status_code=503)
         try:
-            alive = state.engine.stats().get("engine_alive", True)
+            alive = state.engine.stats().engine_alive
         except Exception as error:  # noqa: BLE001 - an engine that does not answer is unhealthy
             raise APIError(f"The engine does not answer: {error}", status=503) from None
         if not alive:
@@ -197,13 +199,7 @@ def build_app(state: ServingState, metrics: ServerMetrics | None = None) -> Fast
 
     @app.post("/flush_cache")
     async def flush_cache() -> Response:
-        flush = getattr(state.engine, "flush_cache", None)
-        if flush is None:
-            raise APIError("This engine has no prefix cache to flush.")
-        result = flush()
-        if hasattr(result, "__await__"):
-            result = await result
-        if result is False:
+        if not await state.engine.flush_cache():
             raise APIError("The cache cannot be flushed while requests are running.")
         return Response(content="Cache flushed.", status_code=200)
 

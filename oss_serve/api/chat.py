@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import AsyncIterator
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -190,9 +190,10 @@ def _final_choice(index: int, choice: _ChatChoice, with_logprobs: bool, tokenize
                   ) -> completion_types.Choice:
     fields: dict[str, object] = {"content": choice.content or None}
     if choice.tool_calls:
-        fields["tool_calls"] = [ChatCompletionMessageToolCall(id=call.id, type="function",
-                                                              function=Function(name=call.name, arguments=call.arguments))
-                                for call in choice.tool_calls]
+        fields["tool_calls"] = [
+            ChatCompletionMessageToolCall(id=call.id, type="function",
+                                          function=Function(name=call.name, arguments=call.arguments))
+            for call in choice.tool_calls]
     if choice.reasoning:
         fields["reasoning_content"] = choice.reasoning
         fields["reasoning"] = choice.reasoning  # the name several gpt-oss clients read

@@ -8,19 +8,26 @@ tool_choice is enforced by what the model may write, not by asking it:
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Literal
 
 from openai_harmony import Message
 
 from oss_serve.api.errors import APIError
 from oss_serve.api.protocol import ChatCompletionRequest, ChatMessageIn, NamedToolChoice
-from oss_serve.api.structured_outputs import (StrictFunction, answer_format, forced_call_output,
-                                              function_call_target, harmony_structured_output,
-                                              max_reasoning_tokens, strict_function_grammars,
-                                              with_format_instructions)
+from oss_serve.api.structured_outputs import (
+    StrictFunction,
+    answer_format,
+    forced_call_output,
+    function_call_target,
+    harmony_structured_output,
+    max_reasoning_tokens,
+    strict_function_grammars,
+    with_format_instructions,
+)
+from oss_serve.engine.structured.spec import StructuredOutput
 from oss_serve.harmony import render
-from oss_serve.structured.spec import StructuredOutput
 
 ToolChoiceMode = Literal["none", "auto", "required", "named"]
 
@@ -99,7 +106,8 @@ def build_chat_prompt(request: ChatCompletionRequest,
     )
     prompt_ids = render.render_prompt(history, settings, encode_text=encode_text)
     strict_tools = [] if mode == "none" else [
-        (index, tool) for index, tool in enumerate(request.tools or []) if (tool.function.model_extra or {}).get("strict")]
+        (index, tool) for index, tool in enumerate(request.tools or [])
+        if (tool.function.model_extra or {}).get("strict")]
     strict = strict_function_grammars(
         StrictFunction(tool.function.name, tool.function.parameters, f"tools[{index}].function.parameters")
         for index, tool in strict_tools)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable, Protocol, Sequence, TypeVar
+from typing import Protocol, TypeVar
 
 from oss_serve.api.access_log import current_record
 from oss_serve.api.errors import APIError
+from oss_serve.engine.messages import EngineStats
 from oss_serve.engine.outputs import StreamOutput
 from oss_serve.engine.sampling_params import SamplingParams
 
@@ -25,7 +27,11 @@ class Engine(Protocol):
 
     async def abort(self, request_id: str) -> None: ...
 
-    def stats(self) -> dict[str, Any]: ...
+    async def flush_cache(self) -> bool:
+        """Empty the prefix cache; False while requests run."""
+        ...
+
+    def stats(self) -> EngineStats: ...
 
 
 class RequestObserver(Protocol):
@@ -113,7 +119,7 @@ class Generator:
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def collect_until_disconnected(generator: "Generator",
+async def collect_until_disconnected(generator: Generator,
                                      prompts: Sequence[tuple[list[int], SamplingParams, str]],
                                      add: Callable[[int, StreamOutput], object],
                                      is_disconnected: Callable[[], Awaitable[bool]]) -> None:

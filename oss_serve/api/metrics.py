@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from oss_serve.engine.messages import EngineStats
 from oss_serve.engine.outputs import StreamOutput
 
 _LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -15,7 +16,7 @@ PREFIX = "oss_serve:"
 class ServerMetrics:
     """Observes every engine output; reads engine gauges at scrape time."""
 
-    def __init__(self, read_engine_stats: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, read_engine_stats: Callable[[], EngineStats]) -> None:
         self.registry = CollectorRegistry()
         self._read_engine_stats = read_engine_stats
         self.http_requests = Counter(f"{PREFIX}http_requests", "HTTP requests by route and status.",
@@ -60,8 +61,8 @@ class ServerMetrics:
 
     def render(self) -> bytes:
         stats = self._read_engine_stats()
-        self.running_requests.set(stats.get("num_running", 0))
-        self.queued_requests.set(stats.get("num_waiting", 0))
-        self.kv_usage.set(stats.get("kv_usage", 0.0))
-        self.kv_used_pages.set(stats.get("full_pages_used", 0))
+        self.running_requests.set(stats.num_running)
+        self.queued_requests.set(stats.num_waiting)
+        self.kv_usage.set(stats.kv_usage)
+        self.kv_used_pages.set(stats.full_pages_used)
         return generate_latest(self.registry)

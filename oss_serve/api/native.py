@@ -3,7 +3,8 @@ parser API (/separate_reasoning, /parse_function_call)."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -20,7 +21,6 @@ from oss_serve.api.stream_totals import StreamTotals
 from oss_serve.api.structured_outputs import generate_structured_output
 from oss_serve.engine.sampling_params import SamplingParams
 from oss_serve.harmony.parse import parse_output_text
-
 
 _SAMPLING_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
 _SAMPLING_ADAPTER = TypeAdapter(SamplingParams)
@@ -147,7 +147,7 @@ def server_info(state: ServingState) -> dict[str, Any]:
     if info.get("api_key"):
         info["api_key"] = "***"
     info["context_length"] = state.context_length
-    info["engine"] = state.engine.stats()
+    info["engine"] = dataclasses.asdict(state.engine.stats())
     return info
 
 

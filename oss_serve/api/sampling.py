@@ -1,7 +1,7 @@
 """Request fields -> engine SamplingParams, with the checks against the context and the vocabulary."""
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from oss_serve.api.errors import APIError
 from oss_serve.api.protocol import MAX_SEQUENCES_PER_REQUEST, SamplingFields
@@ -56,7 +56,8 @@ def build_sampling_params(request: SamplingFields, defaults: SamplingParams, *, 
                           extra_stop_token_ids: list[int] | None = None,
                           skip_special_tokens: bool = True) -> SamplingParams:
     """One engine request's sampling settings. `seed_offset` keeps the n choices of a seeded
-    request different from each other yet reproducible. Fields the request leaves out come from `defaults` (generation_config)."""
+    request different from each other yet reproducible. Fields the request leaves out come from
+    `defaults` (generation_config)."""
     stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
     params = SamplingParams(
         max_new_tokens=max_new_tokens,

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Protocol
 
 from oss_serve.api.engine_client import Engine, Generator
 from oss_serve.api.errors import APIError

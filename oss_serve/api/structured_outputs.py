@@ -17,13 +17,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from oss_serve.api.errors import APIError
-from oss_serve.structured.call_grammar import CallTarget, forced_call_grammar, loose_arguments_schema
-from oss_serve.structured.grammar import JSON_OBJECT_SCHEMA, GrammarError, check_grammar
-from oss_serve.structured.spec import GrammarSpec, StructuredOutput
+from oss_serve.engine.structured.call_grammar import CallTarget, forced_call_grammar, loose_arguments_schema
+from oss_serve.engine.structured.grammar import JSON_OBJECT_SCHEMA, GrammarError, check_grammar
+from oss_serve.engine.structured.spec import GrammarSpec, StructuredOutput
 
 GENERATE_GRAMMAR_KINDS = {"json_schema": "json_schema", "regex": "regex", "ebnf": "ebnf"}
 EMPTY_ARGUMENTS_SCHEMA = {"type": "object", "properties": {}}

@@ -65,7 +65,7 @@ class Backend:
     def payload(self, request: BenchRequest, model: str, stream: bool, ignore_eos: bool) -> dict[str, Any]:
         raise NotImplementedError
 
-    def new_reader(self) -> "StreamReader":
+    def new_reader(self) -> StreamReader:
         raise NotImplementedError
 
     def read_response(self, body: dict[str, Any]) -> StreamUpdate:

@@ -9,21 +9,27 @@ import argparse
 import asyncio
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 from tqdm.asyncio import tqdm
 
+from oss_serve import env
 from oss_serve.bench.arrivals import arrival_offsets
 from oss_serve.bench.backends import BACKEND_NAMES, Backend, get_backend
 from oss_serve.bench.client import send_request
-from oss_serve.bench.datasets import (DATASET_NAMES, BenchRequest, generated_shared_prefix_dataset,
-                                      random_dataset, random_ids_dataset, sharegpt_dataset)
+from oss_serve.bench.datasets import (
+    DATASET_NAMES,
+    BenchRequest,
+    generated_shared_prefix_dataset,
+    random_dataset,
+    random_ids_dataset,
+    sharegpt_dataset,
+)
 from oss_serve.bench.metrics import BenchmarkMetrics, RequestOutput, compute_metrics
 from oss_serve.bench.report import append_jsonl, format_result_block
 from oss_serve.bench.tokenizer import BenchTokenizer, load_tokenizer
@@ -77,7 +83,7 @@ def resolve_base_url(args: argparse.Namespace) -> str:
 
 
 def request_headers() -> dict[str, str]:
-    api_key = os.environ.get("OPENAI_API_KEY")
+    api_key = env.openai_api_key()
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
@@ -173,7 +179,7 @@ def result_record(args: argparse.Namespace, model: str, base_url: str, metrics: 
                   outputs: list[RequestOutput]) -> dict[str, Any]:
     errors = [output.error for output in outputs if not output.success]
     record: dict[str, Any] = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "backend": args.backend, "base_url": base_url, "model": model, "dataset_name": args.dataset_name,
         "num_prompts": len(outputs), "random_input_len": args.random_input_len,
         "random_output_len": args.random_output_len, "random_range_ratio": args.random_range_ratio,

@@ -7,9 +7,10 @@ encoding, which has the same ids as the checkpoints' `tokenizer.json`.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Protocol
+
+from oss_serve.env import vocab_visible_to_harmony
 
 
 class BenchTokenizer(Protocol):
@@ -50,11 +51,10 @@ class HarmonyTokenizer:
         import openai_harmony
 
         self.name = "o200k_harmony"
-        vocab_dir = default_vocab_dir()
-        if vocab_dir and "TIKTOKEN_ENCODINGS_BASE" not in os.environ:
-            os.environ["TIKTOKEN_ENCODINGS_BASE"] = vocab_dir
         try:
-            self._encoding = openai_harmony.load_harmony_encoding(openai_harmony.HarmonyEncodingName.HARMONY_GPT_OSS)
+            with vocab_visible_to_harmony():
+                name = openai_harmony.HarmonyEncodingName.HARMONY_GPT_OSS
+                self._encoding = openai_harmony.load_harmony_encoding(name)
         except Exception as exc:  # offline without the vocabulary file
             raise RuntimeError(
                 "could not load the o200k_harmony encoding (openai-harmony downloads o200k_base.tiktoken on first "
@@ -116,12 +116,3 @@ def _folder_is_gpt_oss(path: Path) -> bool:
         return json.loads(config.read_text()).get("model_type") == "gpt_oss"
     except (OSError, ValueError):
         return False
-
-
-def default_vocab_dir() -> str | None:
-    """Where an offline checkout keeps o200k_base.tiktoken: the env var, else ../shared/vocab."""
-    from_env = os.environ.get("TIKTOKEN_ENCODINGS_BASE")
-    if from_env:
-        return from_env
-    beside = Path(__file__).resolve().parents[3] / "shared" / "vocab"
-    return str(beside) if (beside / "o200k_base.tiktoken").is_file() else None

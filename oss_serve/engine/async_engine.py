@@ -6,7 +6,7 @@ tokenizes nothing, detokenizes incrementally, and never blocks the event loop on
     async for out in engine.generate(prompt_ids, params, request_id):   # AsyncIterator[StreamOutput]
         ...                                    # new_token_ids + new_text per increment; last has finished=True
     await engine.abort(request_id)             # frees the request's KV pages at once; its stream ends "abort"
-    engine.stats() -> dict                     # num_running, num_waiting, kv_usage, pool sizes, engine_alive
+    engine.stats() -> EngineStats              # num_running, num_waiting, kv_usage, pool sizes, engine_alive
     engine.info -> EngineInfo                  # context_length, eos ids, pool sizes, default params
     engine.default_sampling_params() -> SamplingParams   # from generation_config.json
     engine.tokenizer                           # the checkpoint's Tokenizer
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import logging
 import os
 import pickle
@@ -31,16 +32,28 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
 
 import zmq
 import zmq.asyncio
 
 from oss_serve.engine.detokenizer import IncrementalDetokenizer
-from oss_serve.engine.engine_core import EngineInfo, validate_prompt
+from oss_serve.engine.engine_core import validate_prompt
+from oss_serve.engine.messages import (
+    AbortRequest,
+    AddRequest,
+    CacheFlushed,
+    EngineFailed,
+    EngineInfo,
+    EngineReady,
+    EngineStartup,
+    EngineStats,
+    FlushCache,
+    RequestDelta,
+    Shutdown,
+)
 from oss_serve.engine.outputs import StreamOutput
-from oss_serve.engine.request import RequestDelta
 from oss_serve.engine.sampling_params import SamplingParams
 from oss_serve.server_args import ServerArgs
 
@@ -65,7 +78,7 @@ class AsyncEngine:
         self._streams: dict[str, _Stream] = {}
         self._engine_ids: dict[str, str] = {}  # caller's request id -> engine-side id
         self._flush_answers: list[asyncio.Future[bool]] = []  # in the order the flushes were sent
-        self._stats: dict[str, Any] = {}
+        self._stats = EngineStats()
         self._dead: str | None = None
         self._process: subprocess.Popen | None = None
         self._reader: asyncio.Task | None = None
@@ -84,7 +97,8 @@ class AsyncEngine:
         # (which re-imports the caller's __main__ and so needs a main guard in every script).
         self._process = subprocess.Popen([sys.executable, "-m", "oss_serve.engine.engine_process"],
                                          stdin=subprocess.PIPE)
-        self._process.stdin.write(pickle.dumps((self.args, self._input_address, self._output_address, os.getpid())))
+        startup = EngineStartup(self.args, self._input_address, self._output_address, os.getpid())
+        self._process.stdin.write(pickle.dumps(startup))
         self._process.stdin.close()
         try:
             await self._wait_until_ready(timeout_s)
@@ -94,7 +108,7 @@ class AsyncEngine:
             self._process.wait()
             await self.shutdown()
             raise
-        from oss_serve.tokenizer import Tokenizer
+        from oss_serve.model.tokenizer import Tokenizer
 
         self.tokenizer = Tokenizer.from_pretrained(self.args.tokenizer_path or self.info.model_folder)
         logger.info("engine ready: %d full-layer KV tokens, %d sliding-layer KV tokens, context %d",
@@ -107,11 +121,11 @@ class AsyncEngine:
         while True:
             if await self._from_engine.poll(_LIVENESS_POLL_MS):
                 message = await self._from_engine.recv_pyobj()
-                if message[0] == "ready":
-                    self.info = message[1]
+                if isinstance(message, EngineReady):
+                    self.info = message.info
                     return
-                if message[0] == "fatal":
-                    raise RuntimeError(f"the engine process failed to start:\n{message[1]}")
+                if isinstance(message, EngineFailed):
+                    raise RuntimeError(f"the engine process failed to start:\n{message.traceback}")
             elif self._process.poll() is not None:
                 raise RuntimeError(f"the engine process exited during start (exit code {self._process.returncode})")
             if deadline is not None and loop.time() > deadline:
@@ -120,9 +134,9 @@ class AsyncEngine:
     def default_sampling_params(self) -> SamplingParams:
         return copy.deepcopy(self.info.default_params)
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> EngineStats:
         alive = self._dead is None and self._process is not None and self._process.poll() is None
-        return {**self._stats, "engine_alive": alive, "num_streams": len(self._streams)}
+        return dataclasses.replace(self._stats, engine_alive=alive, num_streams=len(self._streams))
 
     @property
     def death_reason(self) -> str | None:
@@ -152,7 +166,7 @@ class AsyncEngine:
         self._engine_ids[request_id] = engine_id
         finished = False
         try:
-            await self._to_engine.send_pyobj(("add", engine_id, list(prompt_ids), params))
+            await self._to_engine.send_pyobj(AddRequest(engine_id, list(prompt_ids), params))
             while not finished:
                 output = await stream.queue.get()
                 finished = output.finished
@@ -162,12 +176,12 @@ class AsyncEngine:
             if not finished:
                 self._streams.pop(engine_id, None)
                 if self._dead is None:
-                    await self._to_engine.send_pyobj(("abort", engine_id))
+                    await self._to_engine.send_pyobj(AbortRequest(engine_id))
 
     async def abort(self, request_id: str) -> None:
         engine_id = self._engine_ids.get(request_id)
         if self._dead is None and engine_id is not None:
-            await self._to_engine.send_pyobj(("abort", engine_id))
+            await self._to_engine.send_pyobj(AbortRequest(engine_id))
 
     async def flush_cache(self) -> bool:
         """Empty the prefix cache; False while requests run (as SGLang) or when the engine is gone.
@@ -176,12 +190,12 @@ class AsyncEngine:
             return False
         answer = asyncio.get_running_loop().create_future()
         self._flush_answers.append(answer)
-        await self._to_engine.send_pyobj(("flush",))
+        await self._to_engine.send_pyobj(FlushCache())
         return await answer
 
     async def shutdown(self) -> None:
         if self._process is not None and self._process.poll() is None:
-            await self._to_engine.send_pyobj(("shutdown",))
+            await self._to_engine.send_pyobj(Shutdown())
             try:
                 await asyncio.get_running_loop().run_in_executor(None, self._process.wait, 10)
             except subprocess.TimeoutExpired:
@@ -221,17 +235,15 @@ class AsyncEngine:
                         return
                     continue
                 message = await self._from_engine.recv_pyobj()
-                if message[0] == "fatal":
-                    logger.error("engine process failed:\n%s", message[1])
-                    self._fail_all(f"the engine process failed: {message[1].strip().splitlines()[-1]}")
+                if isinstance(message, EngineFailed):
+                    logger.error("engine process failed:\n%s", message.traceback)
+                    self._fail_all(f"the engine process failed: {message.traceback.strip().splitlines()[-1]}")
                     return
-                if message[0] == "flushed":
-                    # Fresh stats come with the answer, so a caller reading stats() next sees the flush.
-                    _, flushed, self._stats = message
-                    self._flush_answers.pop(0).set_result(flushed)
-                if message[0] == "outputs":
-                    _, deltas, self._stats = message
-                    for delta in deltas:
+                self._stats = message.stats
+                if isinstance(message, CacheFlushed):
+                    self._flush_answers.pop(0).set_result(message.flushed)
+                else:
+                    for delta in message.deltas:
                         self._deliver(delta)
         except asyncio.CancelledError:
             raise

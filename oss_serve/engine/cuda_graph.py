@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from oss_serve.attention.paged import PagedAttentionBackend, PagedBatch, PagedKVCache
 from oss_serve.engine.page_table import PageTableMirror
+from oss_serve.engine.paged_kv import PagedAttentionBackend, PagedBatch, PagedKVCache
 
 if TYPE_CHECKING:
     from oss_serve.engine.model_runner import PendingInputs

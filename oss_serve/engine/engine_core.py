@@ -15,16 +15,16 @@ from pathlib import Path
 
 import torch
 
-from oss_serve.attention.paged import PagedKVCache
-from oss_serve.distributed.messages import RunnerLayout
+from oss_serve.engine.messages import EngineInfo, EngineStats, RequestDelta, RunnerLayout
 from oss_serve.engine.model_runner import ModelRunner, PendingInputs
 from oss_serve.engine.outputs import TokenLogprob
-from oss_serve.engine.request import PENDING_TOKEN, Request, RequestDelta, Status
+from oss_serve.engine.paged_kv import PagedKVCache
+from oss_serve.engine.request import PENDING_TOKEN, Request, Status
 from oss_serve.engine.sampler import SampledTokens, sample
 from oss_serve.engine.sampling_params import InvalidRequest, SamplingParams, check_token_ids
 from oss_serve.engine.scheduler import ScheduledSeq, Scheduler, SchedulerConfig
+from oss_serve.engine.structured.step_masks import StructuredDecoding
 from oss_serve.server_args import ServerArgs
-from oss_serve.structured.step_masks import StructuredDecoding
 
 logger = logging.getLogger(__name__)
 
@@ -97,19 +97,6 @@ class InFlightStep:
     sampled: SampledTokens
 
 
-@dataclass(frozen=True)
-class EngineInfo:
-    """Facts the caller's process needs (sent once the engine process is ready)."""
-    model_folder: str
-    context_length: int
-    vocab_size: int
-    eos_token_ids: tuple[int, ...]
-    num_full_tokens: int
-    num_sliding_tokens: int
-    page_size: int
-    default_params: SamplingParams
-
-
 def _available_ram_bytes() -> int:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -130,8 +117,8 @@ def plan_kv_pools(args: ServerArgs, layer_windows: list[int | None], num_kv_head
     num_sliding_layers = len(layer_windows) - num_full_layers
     window = max((w for w in layer_windows if w is not None), default=0)
     max_running = args.max_running_requests or DEFAULT_MAX_RUNNING_REQUESTS
-    sliding_cap = (max_running * (-(-window // ps) + 1) + -(-min(args.chunked_prefill_size, args.max_prefill_tokens) // ps)
-                   + 2) if num_sliding_layers else 0
+    step_pages = -(-min(args.chunked_prefill_size, args.max_prefill_tokens) // ps)
+    sliding_cap = (max_running * (-(-window // ps) + 1) + step_pages + 2) if num_sliding_layers else 0
     if args.max_total_tokens is not None:
         full_pages = -(-args.max_total_tokens // ps)
         return full_pages, min(full_pages, sliding_cap) if num_sliding_layers else 0
@@ -161,7 +148,7 @@ class EngineCore:
         """Loads the model from `args` unless one is passed in (tests)."""
         self.tp = None  # rank 0's TensorParallelLeader when args.tp_size > 1
         if model is None and args.tp_size > 1:
-            from oss_serve.distributed.launcher import TensorParallelLeader
+            from oss_serve.engine.tp_launcher import TensorParallelLeader
 
             self.tp = TensorParallelLeader(args)
             model, model_folder = self.tp.loaded.model, self.tp.loaded.folder
@@ -249,7 +236,7 @@ class EngineCore:
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            from oss_serve.tokenizer import Tokenizer
+            from oss_serve.model.tokenizer import Tokenizer
 
             self._tokenizer = Tokenizer.from_pretrained(self.args.tokenizer_path or self.model_folder)
         return self._tokenizer
@@ -304,10 +291,8 @@ class EngineCore:
             self.scheduler.prefix_cache.clear()
         return True
 
-    def stats(self) -> dict[str, float]:
-        stats = self.scheduler.stats()
-        stats["num_full_tokens"] = self.scheduler.full_pool.num_pages * self.args.page_size
-        return stats
+    def stats(self) -> EngineStats:
+        return self.scheduler.stats(self.args.page_size)
 
     # ---- the step ----------------------------------------------------------------------------
     def step(self) -> list[RequestDelta]:

@@ -1,14 +1,5 @@
 """The engine process: receives requests over ZeroMQ, steps the EngineCore, streams deltas back.
-
-Wire protocol (pickled tuples; the caller binds both ipc sockets, this process connects):
-  caller -> engine (PUSH/PULL): ("add", request_id, prompt_ids, SamplingParams) | ("abort", request_id)
-  | ("flush",)   (answered at once with ("flushed", ok, stats))
-                                | ("shutdown",)
-  engine -> caller (PUSH/PULL): ("ready", EngineInfo) | ("outputs", [RequestDelta], stats)
-                                | ("fatal", traceback text)
-One "outputs" message per step carries every request's delta, so the per-token cost of the
-transport is amortised over the batch.
-"""
+The messages and their order are in `oss_serve.engine.messages`."""
 from __future__ import annotations
 
 import logging
@@ -19,7 +10,18 @@ import traceback
 
 import zmq
 
-from oss_serve.engine.request import RequestDelta
+from oss_serve.engine.messages import (
+    AbortRequest,
+    AddRequest,
+    CacheFlushed,
+    EngineFailed,
+    EngineReady,
+    EngineStartup,
+    FlushCache,
+    RequestDelta,
+    Shutdown,
+    StepOutputs,
+)
 from oss_serve.server_args import ServerArgs
 
 logger = logging.getLogger(__name__)
@@ -39,10 +41,10 @@ def run_engine_process(args: ServerArgs, input_address: str, output_address: str
         from oss_serve.engine.engine_core import EngineCore
 
         core = EngineCore(args)
-        outbox.send_pyobj(("ready", core.info))
+        outbox.send_pyobj(EngineReady(core.info))
         _serve(core, inbox, outbox, parent_pid)
     except BaseException:  # noqa: BLE001 - reported to the caller, which fails every stream
-        outbox.send_pyobj(("fatal", traceback.format_exc()))
+        outbox.send_pyobj(EngineFailed(traceback.format_exc()))
     finally:
         outbox.close(linger=2000)
         inbox.close(linger=0)
@@ -60,26 +62,14 @@ def _serve(core, inbox: zmq.Socket, outbox: zmq.Socket, parent_pid: int) -> None
                     message = inbox.recv_pyobj(zmq.NOBLOCK)
                 except zmq.Again:
                     break
-                kind = message[0]
-                if kind == "shutdown":
+                if isinstance(message, Shutdown):
                     return
-                if kind == "add":
-                    _, request_id, prompt_ids, params = message
-                    try:
-                        delta = core.add_request(request_id, prompt_ids, params)
-                        if delta is not None:
-                            deltas.append(delta)
-                    except ValueError as error:
-                        deltas.append(RequestDelta(request_id, [], None, len(prompt_ids), 0, 0, True,
-                                                   error=str(error), error_status=400))
-                    except Exception as error:  # noqa: BLE001 - one bad request must not stop the engine
-                        logger.exception("request %s could not be added", request_id)
-                        deltas.append(RequestDelta(request_id, [], None, len(prompt_ids), 0, 0, True,
-                                                   error=f"the engine could not accept the request: {error!r}"))
-                elif kind == "flush":
-                    outbox.send_pyobj(("flushed", core.flush_cache(), core.stats()))
-                elif kind == "abort":
-                    delta = core.abort(message[1])
+                if isinstance(message, AddRequest):
+                    deltas.extend(_add(core, message))
+                elif isinstance(message, FlushCache):
+                    outbox.send_pyobj(CacheFlushed(core.flush_cache(), core.stats()))
+                elif isinstance(message, AbortRequest):
+                    delta = core.abort(message.request_id)
                     if delta is not None:
                         deltas.append(delta)
         elif os.getppid() != parent_pid:
@@ -88,18 +78,31 @@ def _serve(core, inbox: zmq.Socket, outbox: zmq.Socket, parent_pid: int) -> None
         if core.has_work:
             deltas.extend(core.step_isolated())
         if deltas or not core.has_work:
-            outbox.send_pyobj(("outputs", deltas, core.stats()))
+            outbox.send_pyobj(StepOutputs(deltas, core.stats()))
+
+
+def _add(core, message: AddRequest) -> list[RequestDelta]:
+    """A refused request ends at once with its error; a request with nothing to generate, with its output."""
+    try:
+        delta = core.add_request(message.request_id, message.prompt_ids, message.params)
+        return [] if delta is None else [delta]
+    except ValueError as error:
+        return [RequestDelta(message.request_id, [], None, len(message.prompt_ids), 0, 0, True,
+                             error=str(error), error_status=400)]
+    except Exception as error:  # noqa: BLE001 - one bad request must not stop the engine
+        logger.exception("request %s could not be added", message.request_id)
+        return [RequestDelta(message.request_id, [], None, len(message.prompt_ids), 0, 0, True,
+                             error=f"the engine could not accept the request: {error!r}")]
 
 
 def main() -> None:
-    """Entry point of `python -m oss_serve.engine.engine_process`: the caller pipes in
-    pickled (ServerArgs, input address, output address, parent pid)."""
+    """Entry point of `python -m oss_serve.engine.engine_process`: the caller pipes in a pickled EngineStartup."""
     import faulthandler
     import signal
 
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints where the engine is
-    args, input_address, output_address, parent_pid = pickle.load(sys.stdin.buffer)
-    run_engine_process(args, input_address, output_address, parent_pid)
+    startup: EngineStartup = pickle.load(sys.stdin.buffer)
+    run_engine_process(startup.args, startup.input_address, startup.output_address, startup.parent_pid)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 from oss_serve.engine.detokenizer import detokenize_all
 from oss_serve.engine.engine_core import EngineCore

@@ -8,10 +8,10 @@ from itertools import accumulate
 
 import torch
 
-from oss_serve.async_copy import to_device
-from oss_serve.attention.paged import BatchLayout, PagedAttentionBackend, PagedBatch, PagedKVCache
 from oss_serve.engine.page_table import PageTableMirror, TableUpdates
+from oss_serve.engine.paged_kv import BatchLayout, PagedAttentionBackend, PagedBatch, PagedKVCache
 from oss_serve.engine.scheduler import ScheduledSeq
+from oss_serve.kernels.async_copy import to_device
 
 
 @dataclass(frozen=True)

@@ -43,4 +43,4 @@ class RequestOutput:
     num_cached_tokens: int
     logprobs: list[TokenLogprob] | None = field(default=None)
     # n > 1: every sample (this object is the first); empty otherwise.
-    samples: list["RequestOutput"] = field(default_factory=list)
+    samples: list[RequestOutput] = field(default_factory=list)

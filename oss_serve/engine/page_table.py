@@ -17,10 +17,9 @@ from dataclasses import dataclass
 
 import torch
 
-from oss_serve.async_copy import to_device
 from oss_serve.engine.radix_cache import NO_PAGE
 from oss_serve.engine.request import Request
-
+from oss_serve.kernels.async_copy import to_device
 
 # (row, column, page) triples, flattened, for the full and the sliding tables.
 TableUpdates = tuple[list[int], list[int]]

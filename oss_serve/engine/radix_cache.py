@@ -22,12 +22,12 @@ NO_PAGE = -1
 @dataclass(eq=False)
 class _Node:
     key: tuple[int, ...]
-    parent: "_Node | None"
+    parent: _Node | None
     full_page: int
     sliding_page: int
     depth: int  # pages from the root, this one included
     last_used: int = 0
-    children: dict[tuple[int, ...], "_Node"] = field(default_factory=dict)
+    children: dict[tuple[int, ...], _Node] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

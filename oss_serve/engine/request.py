@@ -1,9 +1,8 @@
 """A request's state inside the engine process, and the per-step deltas the engine sends back."""
 from __future__ import annotations
 
-import operator
 import random
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING
 
@@ -11,8 +10,8 @@ from oss_serve.engine.outputs import FinishReason, TokenLogprob
 from oss_serve.engine.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
-    from oss_serve.structured.constraint import RequestConstraint
-    from oss_serve.structured.step_masks import StepMasks
+    from oss_serve.engine.structured.constraint import RequestConstraint
+    from oss_serve.engine.structured.step_masks import StepMasks
 
 
 # The last entry of `Request.token_ids` while the step that draws it is still on the device (overlapped
@@ -77,27 +76,3 @@ class Request:
     def is_prefilling(self) -> bool:
         """More than the last token still lacks KV (a new, chunked or recomputed request)."""
         return self.num_computed < len(self.token_ids) - 1
-
-
-@dataclass(slots=True)  # not frozen: a frozen init costs 5x, paid per request per step
-class RequestDelta:
-    """What the engine process sends the caller about one request after a step (not changed after)."""
-    request_id: str
-    new_token_ids: list[int]
-    new_logprobs: list[TokenLogprob] | None
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int
-    finished: bool
-    finish_reason: FinishReason | None = None
-    matched_stop: int | str | None = None
-    error: str | None = None  # the request ended without finishing: why
-    error_status: int = 500  # the HTTP status it maps to: 400 refused at admission, 500 failed in a step
-
-    def __reduce__(self) -> tuple[type[RequestDelta], tuple]:
-        # A step's deltas are pickled to the API process every step: positional fields pickle and
-        # load in 40 % of the time that slots dataclasses' default state dicts take.
-        return RequestDelta, _delta_fields(self)
-
-
-_delta_fields = operator.attrgetter(*(f.name for f in fields(RequestDelta)))

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
-from oss_serve.async_copy import to_device
 from oss_serve.engine.outputs import TokenLogprob
 from oss_serve.engine.request import Request
-from oss_serve.structured.step_masks import apply_step_masks
+from oss_serve.engine.structured.step_masks import apply_step_masks
+from oss_serve.kernels.async_copy import to_device
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from oss_serve.structured.spec import StructuredOutput
+from oss_serve.engine.structured.spec import StructuredOutput
 
 # OpenAI's bounds where it has them (n, top logprobs, penalties); the others keep the engine's
 # per-token work per request small (stop strings are searched after every token).

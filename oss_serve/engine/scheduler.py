@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 from dataclasses import dataclass
 
+from oss_serve.engine.messages import EngineStats
 from oss_serve.engine.page_pool import PagePool
 from oss_serve.engine.radix_cache import NO_PAGE, RadixCache
 from oss_serve.engine.request import Request, Status
@@ -225,16 +226,13 @@ class Scheduler:
     def sliding_pages_held(self, request: Request) -> int:
         return sum(1 for p in request.sliding_pages if p != NO_PAGE)
 
-    def stats(self) -> dict[str, float]:
+    def stats(self, page_size: int) -> EngineStats:
         full_total = self.full_pool.num_pages
-        return {
-            "num_running": len(self.running),
-            "num_waiting": len(self.waiting),
-            "full_pages_used": self.full_pool.num_used,
-            "full_pages_total": full_total,
-            "sliding_pages_used": self.sliding_pool.num_used if self.sliding_pool else 0,
-            "sliding_pages_total": self.sliding_pool.num_pages if self.sliding_pool else 0,
-            "kv_usage": self.full_pool.num_used / max(1, full_total),
-            "num_preemptions": self.num_preemptions,
-            "cached_pages": self.prefix_cache.num_nodes if self.prefix_cache else 0,
-        }
+        return EngineStats(
+            num_running=len(self.running), num_waiting=len(self.waiting),
+            full_pages_used=self.full_pool.num_used, full_pages_total=full_total,
+            sliding_pages_used=self.sliding_pool.num_used if self.sliding_pool else 0,
+            sliding_pages_total=self.sliding_pool.num_pages if self.sliding_pool else 0,
+            kv_usage=self.full_pool.num_used / max(1, full_total), num_preemptions=self.num_preemptions,
+            cached_pages=self.prefix_cache.num_nodes if self.prefix_cache else 0,
+            num_full_tokens=full_total * page_size)

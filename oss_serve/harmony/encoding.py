@@ -1,20 +1,17 @@
 """The o200k_harmony encoding from openai-harmony, loadable on an offline machine.
 
 openai-harmony downloads `o200k_base.tiktoken` on first use unless `TIKTOKEN_ENCODINGS_BASE`
-points at a folder holding it. We look for that file ourselves (env var, then the shared
-vocabulary folder beside the checkout) and point the library at it before the first load.
+points at a folder holding it; `oss_serve.env.vocab_dir` finds a local copy for the first load.
 """
 
 from __future__ import annotations
 
 import functools
-import os
-from pathlib import Path
 
 from openai_harmony import HarmonyEncoding, HarmonyEncodingName, load_harmony_encoding
 
-VOCAB_ENV_VAR = "TIKTOKEN_ENCODINGS_BASE"
-VOCAB_FILE_NAME = "o200k_base.tiktoken"
+from oss_serve.env import vocab_visible_to_harmony
+
 # The hash tiktoken and openai-harmony check for the official vocabulary file.
 VOCAB_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
 VOCAB_URL = "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken"
@@ -59,35 +56,11 @@ def special_token_name(token_id: int) -> str:
     return NAMED_SPECIAL_TOKENS.get(token_id, f"<|reserved_{token_id}|>")
 
 
-def _repo_root() -> Path:
-    # <repo>/oss_serve/harmony/encoding.py
-    return Path(__file__).resolve().parents[2]
-
-
-def find_vocab_dir() -> Path | None:
-    """The folder holding `o200k_base.tiktoken`, or None when none is available locally.
-
-    Looks at $TIKTOKEN_ENCODINGS_BASE, then `<repo>/../shared/vocab`.
-    """
-    candidates: list[Path] = []
-    from_env = os.environ.get(VOCAB_ENV_VAR)
-    if from_env:
-        candidates.append(Path(from_env))
-    candidates.append(_repo_root().parent / "shared" / "vocab")
-    for folder in candidates:
-        if (folder / VOCAB_FILE_NAME).is_file():
-            return folder
-    return None
-
-
 @functools.cache
 def get_harmony_encoding() -> HarmonyEncoding:
     """openai-harmony's HARMONY_GPT_OSS encoding, loaded once per process."""
-    vocab_dir = find_vocab_dir()
-    if vocab_dir is not None:
-        os.environ[VOCAB_ENV_VAR] = str(vocab_dir)
-    # Without a local vocabulary the library downloads it (needs network).
-    return load_harmony_encoding(HarmonyEncodingName.HARMONY_GPT_OSS)
+    with vocab_visible_to_harmony():
+        return load_harmony_encoding(HarmonyEncodingName.HARMONY_GPT_OSS)
 
 
 def stop_token_ids_for_assistant() -> list[int]:

@@ -11,8 +11,9 @@ States: between messages -> header (after `<|start|>`, up to `<|message|>`) -> c
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Literal, Sequence
+from typing import Literal
 
 from oss_serve.harmony import encoding as harmony_ids
 from oss_serve.harmony.encoding import get_harmony_encoding

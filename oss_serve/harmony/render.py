@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 from openai_harmony import (
     Author,
@@ -40,7 +41,7 @@ LONG_TEXT_CHARS = 2048
 # Instructions and tool descriptions stay with harmony's encoder: a run without a space or digit longer
 # than this (about a second of its time at most) is refused instead.
 MAX_UNBROKEN_RUN = 16384
-_UNBROKEN_RUN = re.compile(r"[^\s\d]{%d,}|\s{%d,}" % (MAX_UNBROKEN_RUN + 1, MAX_UNBROKEN_RUN + 1))
+_UNBROKEN_RUN = re.compile(rf"[^\s\d]{{{MAX_UNBROKEN_RUN + 1},}}|\s{{{MAX_UNBROKEN_RUN + 1},}}")
 
 
 class UnrenderableText(ValueError):

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import os
 
 import torch
 
+from oss_serve import env
+
 
 def interpreting() -> bool:
-    """TRITON_INTERPRET=1 runs kernels on CPU tensors; it must be set before triton is imported."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return env.triton_interpret()
 
 
 @functools.cache
@@ -44,6 +44,6 @@ def multiprocessor_count(device_index: int) -> int:
 def dot_input_precision(dot_dtype_name: str) -> str:
     """fp32 dots are exact ("ieee") unless OSS_SERVE_KERNEL_TF32=1 trades accuracy for tensor-core speed;
     16-bit dots ignore the setting."""
-    if dot_dtype_name == "fp32" and not interpreting() and os.environ.get("OSS_SERVE_KERNEL_TF32") == "1":
+    if dot_dtype_name == "fp32" and not interpreting() and env.kernel_tf32():
         return "tf32"
     return "ieee" if dot_dtype_name == "fp32" else "tf32"

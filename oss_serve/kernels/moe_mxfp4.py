@@ -72,8 +72,7 @@ def moe_mxfp4_reference(x: torch.Tensor, expert_ids: torch.Tensor, expert_weight
                         swiglu_limit: float = 7.0, swiglu_alpha: float = 1.702) -> torch.Tensor:
     """Dequantizes one routed expert at a time and runs it like `TorchExperts`, in x's dtype."""
     # Imported here: the model may import this module to pick its GPU path.
-    from oss_serve.model.moe import swiglu_clamped
-    from oss_serve.model.mxfp4 import dequantize_mxfp4
+    from oss_serve.kernels.reference import dequantize_mxfp4, swiglu_clamped
 
     out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
     for expert in torch.unique(expert_ids).tolist():

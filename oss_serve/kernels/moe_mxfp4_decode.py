@@ -204,7 +204,8 @@ if triton is not None:
             x_ptr, ids_ptr, blocks_ptr, scales_ptr, bias_ptr, act_ptr, hidden, inter, row_bytes, stride_bias_expert,
             swiglu_limit, swiglu_alpha, TOP_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
             WORD_DECODE: tl.constexpr, USE_ASM: tl.constexpr):
-        """Grid (slots, I / BLOCK_N): act[slot, c] = swiglu(x[token] . W_gu[e, 2c] + b, x[token] . W_gu[e, 2c+1] + b)."""
+        """Grid (slots, I / BLOCK_N):
+        act[slot, c] = swiglu(x[token] . W_gu[e, 2c] + b, x[token] . W_gu[e, 2c+1] + b)."""
         slot = tl.program_id(0)
         token = slot // TOP_K
         expert = tl.load(ids_ptr + slot).to(tl.int64)

@@ -16,8 +16,8 @@ import math
 
 import torch
 
-from oss_serve.attention.base import reference_attention
 from oss_serve.kernels import _support
+from oss_serve.kernels.reference import reference_attention
 
 try:
     import triton

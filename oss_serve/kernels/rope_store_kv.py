@@ -23,8 +23,7 @@ def rope_store_kv_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c
                             k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
     """The model's `apply_rotary` on q and k, then the backend's `store_kv` of rotated k and v."""
     # Imported here: those modules may import this one to pick their GPU path.
-    from oss_serve.attention.paged import store_kv
-    from oss_serve.model.rope import apply_rotary
+    from oss_serve.kernels.reference import apply_rotary, store_kv
 
     q_rot = apply_rotary(q, cos, sin)
     k_rot = apply_rotary(k, cos, sin)

@@ -12,11 +12,10 @@ choice can only help; captures reuse what the warm-up decided. OSS_SERVE_SKINNY_
 """
 from __future__ import annotations
 
-import os
-
 import torch
 from torch.nn import functional as F
 
+from oss_serve import env
 from oss_serve.kernels import _support
 
 try:
@@ -32,7 +31,7 @@ BLOCK_K = 256
 # flip between restarts, and with it the rounding of the outputs.
 REQUIRED_SPEEDUP = 1.15
 _TIMING_REPEATS = 20
-_ENABLED = os.environ.get("OSS_SERVE_SKINNY_LINEAR", "1") != "0"
+_ENABLED = env.skinny_linear_enabled()
 
 # (rows, out features, in features, has bias, dtype, device index) -> use this kernel
 _choices: dict[tuple, bool] = {}

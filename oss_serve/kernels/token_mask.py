@@ -8,12 +8,12 @@ where they lie and writes -inf over the disallowed tokens only: it never reads t
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
-from oss_serve.async_copy import to_device
 from oss_serve.kernels import _support
+from oss_serve.kernels.async_copy import to_device
 
 try:
     import triton

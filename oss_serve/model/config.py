@@ -37,7 +37,7 @@ class ModelConfig:
     eos_token_ids: tuple[int, ...]
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         if d.get("model_type") not in (None, "gpt_oss"):
             raise ValueError(f"config.json has model_type {d.get('model_type')!r}; oss-serve runs 'gpt_oss' models")
         num_layers = d["num_hidden_layers"]
@@ -83,7 +83,7 @@ class ModelConfig:
         )
 
     @classmethod
-    def from_folder(cls, folder: str | Path) -> "ModelConfig":
+    def from_folder(cls, folder: str | Path) -> ModelConfig:
         path = Path(folder) / "config.json"
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: a gpt-oss checkpoint folder needs a config.json")

@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from oss_serve.attention.base import AttentionBackend
 from oss_serve.kernels.rms_norm import rms_norm
 from oss_serve.kernels.skinny_linear import linear
+from oss_serve.model.attention import AttentionBackend
 from oss_serve.model.config import ModelConfig
 from oss_serve.model.moe import MoE
 from oss_serve.model.rope import RotaryEmbedding

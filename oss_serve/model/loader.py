@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
+from oss_serve.kernels.reference import FP4_VALUES, SCALE_BIAS, dequantize_mxfp4
 from oss_serve.model.config import ModelConfig
 from oss_serve.model.gpt_oss import GptOssForCausalLM
-from oss_serve.model.mxfp4 import FP4_VALUES, SCALE_BIAS, dequantize_mxfp4
 from oss_serve.model.parallel import DiskSlice, TensorParallelShard
 from oss_serve.model.rope import RotaryEmbedding
 

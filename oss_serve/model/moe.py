@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from oss_serve.kernels.reference import swiglu_clamped
 from oss_serve.kernels.router_topk import router_topk
 from oss_serve.kernels.skinny_linear import linear
 from oss_serve.model.config import ModelConfig
@@ -20,14 +21,6 @@ class Router(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns expert ids [T, k] and their fp32 weights [T, k] (softmax over the chosen k only)."""
         return router_topk(linear(x, self.weight, self.bias), self.top_k)
-
-
-def swiglu_clamped(gate_up: torch.Tensor, limit: float, alpha: float) -> torch.Tensor:
-    """gate_up [..., 2I] with gate on even and up on odd columns -> [..., I]."""
-    gate, up = gate_up[..., 0::2], gate_up[..., 1::2]
-    gate = gate.clamp(max=limit)
-    up = up.clamp(min=-limit, max=limit)
-    return (up + 1) * gate * torch.sigmoid(alpha * gate)
 
 
 class TorchExperts(nn.Module):

@@ -22,14 +22,14 @@ changes no result.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
 
+from oss_serve.kernels.reference import VALUES_PER_BLOCK
 from oss_serve.model.config import ModelConfig
-from oss_serve.model.mxfp4 import VALUES_PER_BLOCK
 
 # Checkpoint tensors (by name suffix) that a row-parallel projection adds after the reduction: only rank 0 keeps them.
 BIASES_ADDED_ONCE = ("self_attn.o_proj.bias", "mlp.experts.down_proj_bias")

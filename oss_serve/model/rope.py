@@ -44,8 +44,3 @@ class RotaryEmbedding(torch.nn.Module):
         return angles.cos() * self.attention_factor, angles.sin() * self.attention_factor
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [T, heads, head_dim]; computed in fp32 and returned in x's dtype."""
-    first, second = x.float().chunk(2, dim=-1)
-    cos, sin = cos[:, None, :], sin[:, None, :]
-    return torch.cat([first * cos - second * sin, second * cos + first * sin], dim=-1).to(x.dtype)

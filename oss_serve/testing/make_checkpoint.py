@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from oss_serve.model.mxfp4 import FP4_VALUES, SCALE_BIAS, VALUES_PER_BLOCK, dequantize_mxfp4
 from oss_serve.harmony.encoding import CALL, ENDOFTEXT, RETURN, STARTOFTEXT
+from oss_serve.kernels.reference import FP4_VALUES, SCALE_BIAS, VALUES_PER_BLOCK, dequantize_mxfp4
 from oss_serve.testing.tokenizer_json import cached_tokenizer_json
 
 VOCAB_SIZE = 201088

@@ -28,13 +28,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from oss_serve.env import VOCAB_FILE_NAME, vocab_dir
+from oss_serve.env import cache_dir as default_cache_dir
 from oss_serve.harmony.encoding import (
     FIRST_SPECIAL_ID,
     LAST_SPECIAL_ID,
-    VOCAB_FILE_NAME,
     VOCAB_SHA256,
     VOCAB_URL,
-    find_vocab_dir,
     special_token_name,
 )
 
@@ -185,15 +185,6 @@ def build_tokenizer_json(vocab_file: Path) -> dict[str, Any]:
     }
 
 
-def default_cache_dir() -> Path:
-    """Where derived test artifacts live: $OSS_SERVE_CACHE_DIR, else ~/.cache/oss_serve."""
-    if env_dir := os.environ.get("OSS_SERVE_CACHE_DIR"):
-        return Path(env_dir)
-    xdg_cache = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg_cache) if xdg_cache else Path.home() / ".cache"
-    return base / "oss_serve"
-
-
 def _sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -203,9 +194,8 @@ def locate_vocab_file(cache_dir: Path | None = None) -> Path:
 
     Raises OSError when it is neither present nor downloadable.
     """
-    vocab_dir = find_vocab_dir()
-    if vocab_dir is not None:
-        return vocab_dir / VOCAB_FILE_NAME
+    if (local := vocab_dir()) is not None:
+        return local / VOCAB_FILE_NAME
     cached = (cache_dir or default_cache_dir()) / VOCAB_FILE_NAME
     if cached.is_file() and _sha256_of(cached) == VOCAB_SHA256:
         return cached

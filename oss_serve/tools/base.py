@@ -33,7 +33,7 @@
         details: ToolCallDetails   # structured facts for API output items (see below)
         is_error: bool        # a failure, timeout or crash (the text says what happened)
 
-    build_tool_server(args: ServerArgs) -> ToolServer | None   (oss_serve.tools.factory)
+    build_tool_server(args: ToolArgs) -> ToolServer | None   (oss_serve.tools.factory)
         # --tool-server "demo" (python + browser), "host:port" / "http://host:port/sse" (MCP),
         # comma-separated and combinable. None when nothing is configured or could be enabled.
         # Then: `await server.start()` in the serving loop, `await server.aclose()` at shutdown.
@@ -97,7 +97,7 @@ class ToolSession(ABC):
     async def close(self) -> None:
         return None
 
-    async def __aenter__(self) -> "ToolSession":
+    async def __aenter__(self) -> ToolSession:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

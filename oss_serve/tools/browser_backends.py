@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import httpx
+
+from oss_serve import env
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ class ExaBackend(SearchBackend):
     name = "exa"
 
     def __init__(self, api_key: str, base_url: str | None = None, timeout_s: float = 20.0) -> None:
-        super().__init__(api_key, base_url or os.environ.get("EXA_BASE_URL") or "https://api.exa.ai", timeout_s)
+        super().__init__(api_key, base_url or env.search_settings()["exa_url"] or "https://api.exa.ai", timeout_s)
 
     def _headers(self) -> dict[str, str]:
         return {"x-api-key": self.api_key, "content-type": "application/json"}
@@ -103,7 +104,7 @@ class YouComBackend(SearchBackend):
     name = "you.com"
 
     def __init__(self, api_key: str, base_url: str | None = None, timeout_s: float = 20.0) -> None:
-        super().__init__(api_key, base_url or os.environ.get("YDC_BASE_URL") or "https://api.ydc-index.io", timeout_s)
+        super().__init__(api_key, base_url or env.search_settings()["you_url"] or "https://api.ydc-index.io", timeout_s)
 
     def _headers(self) -> dict[str, str]:
         return {"X-API-Key": self.api_key}
@@ -121,8 +122,9 @@ class YouComBackend(SearchBackend):
 
 def choose_search_backend(requested: str | None = None) -> SearchBackend | None:
     """BROWSER_BACKEND (or `requested`) picks the provider; otherwise whichever key is set."""
-    choice = (requested or os.environ.get("BROWSER_BACKEND") or "").strip().lower()
-    exa_key, you_key = os.environ.get("EXA_API_KEY"), os.environ.get("YDC_API_KEY")
+    settings = env.search_settings()
+    choice = (requested or settings["backend"] or "").strip().lower()
+    exa_key, you_key = settings["exa_key"], settings["you_key"]
     if choice in ("", "exa") and exa_key:
         return ExaBackend(exa_key)
     if choice in ("", "you", "youcom", "you.com", "ydc") and you_key:
@@ -136,5 +138,5 @@ def choose_search_backend(requested: str | None = None) -> SearchBackend | None:
 def missing_search_key(requested: str | None = None) -> str:
     """The environment variable(s) web search needs, for the backend BROWSER_BACKEND (or
     `requested`) names: what to tell someone whose server has no search key."""
-    choice = (requested or os.environ.get("BROWSER_BACKEND") or "").strip().lower()
+    choice = (requested or env.search_settings()["backend"] or "").strip().lower()
     return {"exa": "EXA_API_KEY", "": "EXA_API_KEY or YDC_API_KEY"}.get(choice, "YDC_API_KEY")

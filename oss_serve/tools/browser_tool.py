@@ -9,8 +9,17 @@ import openai_harmony
 
 from oss_serve.tools.base import ToolCallDetails, ToolResult, ToolServer, ToolSession, split_recipient
 from oss_serve.tools.browser_backends import SearchBackend, SearchError
-from oss_serve.tools.browser_page import (LinkTarget, Page, domain_of, find_page, html_to_page, render_view,
-                                          source_page, text_to_page, wrap_text)
+from oss_serve.tools.browser_page import (
+    LinkTarget,
+    Page,
+    domain_of,
+    find_page,
+    html_to_page,
+    render_view,
+    source_page,
+    text_to_page,
+    wrap_text,
+)
 from oss_serve.tools.citations import Annotation, annotate_citations
 from oss_serve.tools.web_fetch import FetchError, FetchRefused, PageFetcher
 
@@ -30,7 +39,7 @@ class BrowserToolServer(ToolServer):
         namespace, function = split_recipient(recipient)
         return namespace == "browser" and function in BROWSER_FUNCTIONS
 
-    async def open_session(self) -> "BrowserSession":
+    async def open_session(self) -> BrowserSession:
         return BrowserSession(self)
 
 

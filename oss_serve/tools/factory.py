@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import math
 
-from oss_serve.server_args import ServerArgs
+from oss_serve.server_args import ToolArgs
 from oss_serve.tools.base import ToolServer
 from oss_serve.tools.browser_backends import choose_search_backend
 from oss_serve.tools.browser_tool import BrowserToolServer
@@ -23,7 +23,7 @@ def parse_tool_server_spec(spec: str | None) -> tuple[bool, list[str]]:
     return demo, [entry for entry in entries if entry.lower() != "demo"]
 
 
-def build_python_tool(args: ServerArgs) -> PythonToolServer | None:
+def build_python_tool(args: ToolArgs) -> PythonToolServer | None:
     # The CPU-time rlimit is a backstop behind the wall-clock timeout; a notebook lives across calls.
     cpu_seconds = math.ceil(args.tool_timeout) + 10
     if args.python_stateful:
@@ -37,7 +37,7 @@ def build_python_tool(args: ServerArgs) -> PythonToolServer | None:
     return PythonToolServer(backend, timeout_s=args.tool_timeout, stateful=args.python_stateful)
 
 
-def build_browser_tool(args: ServerArgs) -> BrowserToolServer | None:
+def build_browser_tool(args: ToolArgs) -> BrowserToolServer | None:
     search_backend = choose_search_backend(args.browser_backend)
     if search_backend is None:
         return None
@@ -45,7 +45,7 @@ def build_browser_tool(args: ServerArgs) -> BrowserToolServer | None:
                              timeout_s=min(args.tool_timeout, 30.0))
 
 
-def build_tool_server(args: ServerArgs) -> ToolServer | None:
+def build_tool_server(args: ToolArgs) -> ToolServer | None:
     """None when no tools are configured (or none could be enabled). Call `await server.start()` next."""
     demo, mcp_specs = parse_tool_server_spec(args.tool_server)
     servers: list[ToolServer] = []

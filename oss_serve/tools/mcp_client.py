@@ -135,7 +135,7 @@ class McpToolServer(ToolServer):
             self._holder = asyncio.create_task(self._hold_connection(ready, self._release))
             try:
                 session, initialized, listed = await asyncio.wait_for(ready, self.connect_timeout_s + 5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 # A server that never answered has nothing to close gracefully: don't wait for it.
                 self._holder.cancel()
                 await self._disconnect()
@@ -158,7 +158,7 @@ class McpToolServer(ToolServer):
         if self._holder is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._holder), 5)
-            except (asyncio.TimeoutError, asyncio.CancelledError, Exception):
+            except (TimeoutError, asyncio.CancelledError, Exception):
                 self._holder.cancel()
                 with contextlib.suppress(BaseException):
                     await self._holder
@@ -194,7 +194,7 @@ class McpToolServer(ToolServer):
             return namespace == "python"
         return namespace == self.namespace and any(t.name == tool for t in self.tools)
 
-    async def open_session(self) -> "McpSession":
+    async def open_session(self) -> McpSession:
         return McpSession(self)
 
     async def call_tool(self, recipient: str, arguments: str) -> ToolResult:
@@ -222,7 +222,7 @@ class McpToolServer(ToolServer):
                 return failure(f"Error: {error}")
             try:
                 result = await asyncio.wait_for(session.call_tool(tool, parsed), self.call_timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return failure(f"Error: {recipient} did not answer within {self.call_timeout_s:g} seconds.")
             except Exception as error:  # noqa: BLE001 - any failure goes back to the model
                 if _is_connection_closed(error):

@@ -17,6 +17,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
+from oss_serve import env
 from oss_serve.tools.python_interpreter import CELL_DRIVER, kill_process_group
 
 logger = logging.getLogger(__name__)
@@ -59,7 +60,8 @@ class PythonBackend(ABC):
         await kill_process_group(process)
 
     def release(self, launch: InterpreterLaunch) -> None:
-        """Frees what launch() set up for one interpreter (e.g. a scratch folder)."""
+        """Frees what launch() set up for one interpreter (e.g. a scratch folder); nothing by default."""
+        return None
 
 
 class DockerBackend(PythonBackend):
@@ -69,7 +71,7 @@ class DockerBackend(PythonBackend):
 
     def __init__(self, image: str | None = None, limits: ResourceLimits | None = None) -> None:
         super().__init__(limits)
-        self.image = image or os.environ.get("PYTHON_DOCKER_IMAGE") or DEFAULT_DOCKER_IMAGE
+        self.image = image or env.python_docker_image() or DEFAULT_DOCKER_IMAGE
         self.docker = shutil.which("docker") or "docker"
 
     def launch(self) -> InterpreterLaunch:
@@ -212,9 +214,6 @@ class SandboxBackend(PythonBackend):
         return None
 
 
-_SECRET_HINTS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL")
-
-
 class UvBackend(PythonBackend):
     """Runs on the host with `uv run --no-project python`: no isolation beyond a scratch folder."""
 
@@ -229,10 +228,9 @@ class UvBackend(PythonBackend):
     def launch(self) -> InterpreterLaunch:
         scratch = tempfile.mkdtemp(prefix="oss-serve-python-")
         # The model's code should not read the server's API keys from its environment.
-        env = {k: v for k, v in os.environ.items() if not any(h in k.upper() for h in _SECRET_HINTS)}
-        env.pop("VIRTUAL_ENV", None)
         command = [self.uv, "run", "--no-project", "--quiet", "python", "-u", "-c", CELL_DRIVER]
-        return InterpreterLaunch(command, {"cwd": scratch, "env": env}, scratch_dir=scratch)
+        return InterpreterLaunch(command, {"cwd": scratch, "env": env.environment_without_secrets()},
+                                 scratch_dir=scratch)
 
     def release(self, launch: InterpreterLaunch) -> None:
         if launch.scratch_dir:
@@ -250,7 +248,7 @@ def choose_python_backend(requested: str | None, limits: ResourceLimits | None =
     Explicit choice: `requested`, else PYTHON_EXECUTION_BACKEND. Unset: docker when a daemon
     answers, else the bubblewrap sandbox; never the bare host unless asked for.
     """
-    choice = (requested or os.environ.get("PYTHON_EXECUTION_BACKEND") or "").strip().lower()
+    choice = (requested or env.python_backend() or "").strip().lower()
     if choice in ("uv", "dangerously_use_uv"):
         reason = UvBackend.unavailable_reason()
         if reason:
@@ -259,7 +257,7 @@ def choose_python_backend(requested: str | None, limits: ResourceLimits | None =
                        "server's user rights and network access. Use --python-backend sandbox or docker unless "
                        "you trust every prompt. !!!")
         return UvBackend(limits)
-    image = docker_image or os.environ.get("PYTHON_DOCKER_IMAGE") or DEFAULT_DOCKER_IMAGE
+    image = docker_image or env.python_docker_image() or DEFAULT_DOCKER_IMAGE
     if choice == "docker":
         reason = DockerBackend.unavailable_reason(image)
         if reason:

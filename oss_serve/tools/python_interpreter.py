@@ -12,8 +12,9 @@ import logging
 import os
 import secrets
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ async def kill_process_group(process: asyncio.subprocess.Process) -> None:
             process.kill()
     try:
         await asyncio.wait_for(process.wait(), 10)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         logger.warning("python tool process %d did not exit after SIGKILL", process.pid)
 
 
@@ -202,7 +203,7 @@ class InterpreterProcess:
         timed_out = False
         try:
             await asyncio.wait_for(read_until_marker(), timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             timed_out = True
             await self.stop()
         exit_code = None
@@ -210,7 +211,7 @@ class InterpreterProcess:
             # EOF without the marker: the interpreter crashed or was killed mid-cell.
             try:
                 exit_code = await asyncio.wait_for(self.process.wait(), 5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 await self.stop()
                 exit_code = self.process.returncode
         text, dropped = collected.text()

@@ -56,7 +56,7 @@ class PythonToolServer(ToolServer):
     def has_tool(self, recipient: str) -> bool:
         return recipient.strip() == "python"
 
-    async def open_session(self) -> "PythonSession":
+    async def open_session(self) -> PythonSession:
         return PythonSession(self)
 
 
@@ -84,7 +84,7 @@ class PythonSession(ToolSession):
         backend = self.tool.backend
         launch = backend.launch()
 
-        async def kill(process: "asyncio.subprocess.Process") -> None:
+        async def kill(process: asyncio.subprocess.Process) -> None:
             await backend.kill(process, launch)
 
         self.launch = launch
@@ -127,7 +127,8 @@ class PythonSession(ToolSession):
         text = outcome.output
         lost_state = " The interpreter was restarted; earlier variables are lost." if self.tool.stateful else ""
         if outcome.timed_out:
-            text += f"\n[Execution timed out after {_seconds(self.tool.timeout_s)} seconds and was stopped.{lost_state}]"
+            seconds = _seconds(self.tool.timeout_s)
+            text += f"\n[Execution timed out after {seconds} seconds and was stopped.{lost_state}]"
         elif outcome.exit_code is not None:
             cause = " (killed, possibly for using too much memory)" if outcome.exit_code in (-9, 137) else ""
             text += f"\n[The Python process exited with code {outcome.exit_code}{cause}.{lost_state}]"

@@ -39,7 +39,7 @@ class ToolServerGroup(ToolServer):
     def has_tool(self, recipient: str) -> bool:
         return self.server_for(recipient) is not None
 
-    async def open_session(self) -> "ToolGroupSession":
+    async def open_session(self) -> ToolGroupSession:
         return ToolGroupSession(self)
 
     async def aclose(self) -> None:

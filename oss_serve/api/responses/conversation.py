@@ -34,7 +34,7 @@ class ConversationState:
                            "instructions": self.instructions, "call_names": self.call_names})
 
     @classmethod
-    def from_json(cls, text: str) -> "ConversationState":
+    def from_json(cls, text: str) -> ConversationState:
         data = json.loads(text)
         return cls([Message.from_dict(message) for message in data["messages"]],
                     list(data["instructions"]), dict(data["call_names"]))

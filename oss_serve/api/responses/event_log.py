@@ -7,7 +7,8 @@ emitted; `sequence_number` is the event's position in the log.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -53,4 +54,4 @@ class EventLog:
 def sse_event(event: BaseModel) -> bytes:
     """`event: <type>` / `data: <json>` framing, as OpenAI streams Responses events."""
     body = event.model_dump_json(exclude_unset=True, by_alias=True)
-    return f"event: {getattr(event, 'type')}\ndata: ".encode() + escape_line_separators(body).encode() + b"\n\n"
+    return f"event: {event.type}\ndata: ".encode() + escape_line_separators(body).encode() + b"\n\n"

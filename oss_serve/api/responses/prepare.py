@@ -14,13 +14,19 @@ from oss_serve.api.responses.response_run import ResponseRun
 from oss_serve.api.responses.tool_setup import ResponseTools, resolve_tools
 from oss_serve.api.sampling import resolve_max_new_tokens, validated
 from oss_serve.api.state import ServingState, new_id
-from oss_serve.api.structured_outputs import (StrictFunction, answer_format, forced_call_output,
-                                              harmony_structured_output, max_reasoning_tokens,
-                                              strict_function_grammars, with_format_instructions)
+from oss_serve.api.structured_outputs import (
+    StrictFunction,
+    answer_format,
+    forced_call_output,
+    harmony_structured_output,
+    max_reasoning_tokens,
+    strict_function_grammars,
+    with_format_instructions,
+)
 from oss_serve.engine.sampling_params import SamplingParams
+from oss_serve.engine.structured.spec import StructuredOutput
 from oss_serve.harmony import render
 from oss_serve.harmony.encoding import stop_token_ids_for_assistant
-from oss_serve.structured.spec import StructuredOutput
 from oss_serve.tools.base import ToolServer
 
 

@@ -14,8 +14,8 @@ from pydantic import ValidationError
 
 from oss_serve.api.responses.conversation import ConversationState
 from oss_serve.api.responses.event_log import EventLog
-from oss_serve.api.responses.request import ResponsesRequest
 from oss_serve.api.responses.output_items import OutputAssembler
+from oss_serve.api.responses.request import ResponsesRequest
 
 ResponseStatus = Literal["queued", "in_progress", "completed", "incomplete", "failed", "cancelled"]
 FINAL_STATUSES = frozenset({"completed", "incomplete", "failed", "cancelled"})

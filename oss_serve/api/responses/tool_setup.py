@@ -19,9 +19,9 @@ from openai_harmony import ToolNamespaceConfig
 from oss_serve.api.errors import APIError
 from oss_serve.api.responses.request import WEB_SEARCH_TOOL_TYPES, ResponsesRequest
 from oss_serve.api.structured_outputs import function_call_target
+from oss_serve.engine.structured.call_grammar import CallTarget, loose_arguments_schema
+from oss_serve.engine.structured.spec import GrammarSpec
 from oss_serve.harmony import render
-from oss_serve.structured.call_grammar import CallTarget, loose_arguments_schema
-from oss_serve.structured.spec import GrammarSpec
 from oss_serve.tools.base import ToolServer, split_recipient
 from oss_serve.tools.browser_backends import missing_search_key
 from oss_serve.tools.mcp_client import McpConnectError, McpToolServer

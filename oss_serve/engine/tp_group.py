@@ -10,12 +10,13 @@ from __future__ import annotations
 import datetime
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from oss_serve.distributed.topology import Topology
+from oss_serve.engine.tp_topology import Topology
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ class TensorParallelGroup:
 
     @classmethod
     def join(cls, topology: Topology, rank: int, failure: Callable[[], str | None] = lambda: None
-             ) -> "TensorParallelGroup":
+             ) -> TensorParallelGroup:
         """Meet the other ranks at rank 0's store. Rank 0 first waits until every worker has reached the
         store, calling `failure()` meanwhile, so that a worker that dies while starting is an error
         here and not a hang inside init_process_group."""

@@ -7,9 +7,9 @@ token ids with no text parsing beyond the header words (the API's parser does th
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum, auto
-from typing import Callable, Sequence
 
 from oss_serve.harmony import encoding as harmony_ids
 

@@ -5,13 +5,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from oss_serve.attention.paged import PagedKVCache
-from oss_serve.distributed.messages import CaptureGraphs
+from oss_serve.engine.messages import CaptureGraphs
 from oss_serve.engine.model_runner import ModelRunner, PendingInputs
+from oss_serve.engine.paged_kv import PagedKVCache
 from oss_serve.engine.scheduler import ScheduledSeq
 
 if TYPE_CHECKING:
-    from oss_serve.distributed.launcher import TensorParallelLeader
+    from oss_serve.engine.tp_launcher import TensorParallelLeader
 
 
 class TensorParallelRunner(ModelRunner):

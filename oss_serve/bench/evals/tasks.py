@@ -9,8 +9,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from oss_serve.evals.data import read_csv_rows, read_jsonl_rows
-from oss_serve.evals.grading import extract_aime_answer, extract_choice_letter, extract_final_number, numbers_match
+from oss_serve.bench.evals.data import read_csv_rows, read_jsonl_rows
+from oss_serve.bench.evals.grading import (
+    extract_aime_answer,
+    extract_choice_letter,
+    extract_final_number,
+    numbers_match,
+)
 
 MULTIPLE_CHOICE_PROMPT = (
     "Answer the following multiple choice question. The last line of your response should be of the "

@@ -1,6 +1,6 @@
 """A worker rank (1..N-1): loads its shard of the model, then runs every step plan rank 0 sends it.
 
-Entry point: `python -m oss_serve.distributed.worker`, with pickled (ServerArgs, Topology, rank) on
+Entry point: `python -m oss_serve.engine.tp_worker`, with pickled (ServerArgs, Topology, rank) on
 stdin. It exits when rank 0 says Stop, or with an error when rank 0 goes away (gloo notices the
 closed connection at once).
 """
@@ -13,11 +13,11 @@ import sys
 
 import torch
 
-from oss_serve.attention.paged import PagedKVCache
-from oss_serve.distributed.group import TensorParallelGroup
-from oss_serve.distributed.messages import CaptureGraphs, RunnerLayout, Stop
-from oss_serve.distributed.topology import Topology
+from oss_serve.engine.messages import CaptureGraphs, RunnerLayout, Stop
 from oss_serve.engine.model_runner import ModelRunner, StepPlan
+from oss_serve.engine.paged_kv import PagedKVCache
+from oss_serve.engine.tp_group import TensorParallelGroup
+from oss_serve.engine.tp_topology import Topology
 from oss_serve.model.loader import load_model
 from oss_serve.model.parallel import TensorParallelShard, attach_all_reduces
 from oss_serve.server_args import ServerArgs

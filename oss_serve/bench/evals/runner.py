@@ -1,15 +1,16 @@
 """Run one eval: every example times every repeat, on a thread pool, graded as replies come back."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from oss_serve.evals.samplers import SamplerReply
-from oss_serve.evals.tasks import EvalExample, EvalTask
+from oss_serve.bench.evals.samplers import SamplerReply
+from oss_serve.bench.evals.tasks import EvalExample, EvalTask
 
 
 @dataclass

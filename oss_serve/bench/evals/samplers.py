@@ -6,12 +6,13 @@ scored as failed rather than hanging the run.
 """
 from __future__ import annotations
 
-import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import openai
+
+from oss_serve import env
 
 RETRYABLE_ERRORS = (openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError,
                     openai.InternalServerError)
@@ -44,7 +45,7 @@ class Sampler:
         self._sleep = sleep
         # The openai client's own retries are off so that the bound here is the only one.
         self.client = openai.OpenAI(base_url=api_base_url(base_url),
-                                    api_key=os.environ.get("OPENAI_API_KEY") or "EMPTY",
+                                    api_key=env.openai_api_key() or "EMPTY",
                                     max_retries=0, timeout=request_timeout)
 
     def ask(self, prompt: str) -> str:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 
 _LETTER = r"\(?\**\s*\$?\\?(?:text\{|textbf\{|mathrm\{)?\s*([A-D])\s*\}?\$?\s*\**\)?"
-_ANSWER_LINE = re.compile(r"(?:\*\*|__)?(?i:final\s+)?(?i:answer)(?:\*\*|__)?\s*(?:is)?\s*[:：]\s*(?:\*\*)?\s*" + _LETTER
-                          + r"(?![A-Za-z])")
+_ANSWER_LINE = re.compile(r"(?:\*\*|__)?(?i:final\s+)?(?i:answer)(?:\*\*|__)?\s*(?:is)?\s*[:：]\s*(?:\*\*)?\s*"
+                          + _LETTER + r"(?![A-Za-z])")
 _ANSWER_IS = re.compile(r"(?i:the\s+)?(?i:correct\s+|final\s+)?(?i:answer|option|choice)\s+is\s*:?\s*" + _LETTER
                         + r"(?![A-Za-z])")
 _LONE_LETTER_LINE = re.compile(r"^\s*(?:\*\*)?\(?([A-D])\)?[.)]?(?:\*\*)?\s*$")

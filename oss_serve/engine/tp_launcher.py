@@ -1,7 +1,7 @@
 """Starting tensor-parallel ranks: rank 0's side inside the engine (`TensorParallelLeader`) and the
 worker-only nodes of a multi-node run (`run_worker_node`).
 
-Workers are fresh interpreters (`python -m oss_serve.distributed.worker`), as the engine process
+Workers are fresh interpreters (`python -m oss_serve.engine.tp_worker`), as the engine process
 is, handed their arguments pickled on stdin: no fork of a threaded process, no re-import of the
 caller's `__main__`.
 """
@@ -15,11 +15,11 @@ import sys
 
 import torch
 
-from oss_serve.attention.paged import PagedKVCache
-from oss_serve.distributed.group import TensorParallelGroup
-from oss_serve.distributed.runner import TensorParallelRunner
-from oss_serve.distributed.messages import RunnerLayout, Stop
-from oss_serve.distributed.topology import Topology
+from oss_serve.engine.messages import RunnerLayout, Stop
+from oss_serve.engine.paged_kv import PagedKVCache
+from oss_serve.engine.tp_group import TensorParallelGroup
+from oss_serve.engine.tp_runner import TensorParallelRunner
+from oss_serve.engine.tp_topology import Topology
 from oss_serve.model.config import ModelConfig
 from oss_serve.model.parallel import TensorParallelShard, attach_all_reduces
 from oss_serve.server_args import ServerArgs
@@ -31,7 +31,7 @@ _WORKER_EXIT_WAIT_S = 10
 def spawn_workers(args: ServerArgs, topology: Topology, ranks: range | list[int]) -> dict[int, subprocess.Popen]:
     workers = {}
     for rank in ranks:
-        process = subprocess.Popen([sys.executable, "-m", "oss_serve.distributed.worker"], stdin=subprocess.PIPE)
+        process = subprocess.Popen([sys.executable, "-m", "oss_serve.engine.tp_worker"], stdin=subprocess.PIPE)
         process.stdin.write(pickle.dumps((args, topology, rank)))
         process.stdin.close()
         workers[rank] = process

@@ -38,7 +38,7 @@ class Topology:
     device_type: str  # "cpu" or "cuda"
 
     @classmethod
-    def from_args(cls, args: ServerArgs) -> "Topology":
+    def from_args(cls, args: ServerArgs) -> Topology:
         """Call on each node; without --dist-init-addr (one node only) picks a free local port."""
         if args.tp_size % args.nnodes:
             raise ValueError(f"--nnodes {args.nnodes} must divide --tp {args.tp_size}")

@@ -20,27 +20,11 @@ from dataclasses import dataclass
 
 import torch
 
-from oss_serve.attention.base import AttentionBackend
-from oss_serve.model.rope import apply_rotary
+from oss_serve.kernels.reference import apply_rotary, store_kv
+from oss_serve.model.attention import AttentionBackend
 
 # Query rows attended at once during prefill: bounds the [heads, rows, keys] score tensor.
 _PREFILL_QUERY_BLOCK = 256
-
-
-def store_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor, k: torch.Tensor,
-             v: torch.Tensor) -> None:
-    """Write k, v [T, Hkv, D] at flat slots (page * page_size + offset) of the caches."""
-    flat_k = k_cache.view(-1, *k_cache.shape[2:])
-    flat_v = v_cache.view(-1, *v_cache.shape[2:])
-    if k_cache.dtype != k.dtype:
-        if k_cache.dtype.is_floating_point and k_cache.dtype.itemsize == 1:
-            # fp8 has a narrow range; clamp so an outlier saturates instead of becoming NaN.
-            limit = torch.finfo(k_cache.dtype).max
-            k, v = k.clamp(-limit, limit), v.clamp(-limit, limit)
-        k, v = k.to(k_cache.dtype), v.to(v_cache.dtype)
-    # Plain indexed assignment: index_copy_ has no fp8 kernel on CPU.
-    flat_k[slots] = k
-    flat_v[slots] = v
 
 
 @dataclass(frozen=True)
@@ -51,7 +35,7 @@ class BatchLayout:
     q_starts: tuple[int, ...]
 
     @classmethod
-    def from_tensors(cls, cu_q_lens: torch.Tensor, seq_lens: torch.Tensor) -> "BatchLayout":
+    def from_tensors(cls, cu_q_lens: torch.Tensor, seq_lens: torch.Tensor) -> BatchLayout:
         cu = cu_q_lens.tolist()
         return cls(tuple(cu[i + 1] - cu[i] for i in range(len(cu) - 1)), tuple(seq_lens.tolist()), tuple(cu[:-1]))
 

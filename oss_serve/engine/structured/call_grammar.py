@@ -9,10 +9,11 @@ end the call, and the call ends the generation.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
-from oss_serve.structured.spec import GrammarSpec
+from oss_serve.engine.structured.spec import GrammarSpec
 
 ANY_OBJECT_SCHEMA: dict[str, Any] = {"type": "object"}
 # As JSON_COMPILE_OPTIONS in grammar.py, for a schema embedded in a Lark grammar.

@@ -18,8 +18,8 @@ import llguidance
 from llguidance import LLMatcher, LLTokenizer
 from llguidance._grammar_from import grammar_from
 
+from oss_serve.engine.structured.spec import GrammarSpec
 from oss_serve.harmony import encoding as harmony_ids
-from oss_serve.structured.spec import GrammarSpec
 
 # Compact JSON: with flexible whitespace a model can pad forever before closing a brace, and
 # every space is a token spent. A schema can still ask for whitespace through `x-guidance`.

@@ -14,15 +14,15 @@ the reasoning message itself, which leaves the grammar only the call.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from llguidance import LLMatcher, LLTokenizer
 
+from oss_serve.engine.structured.grammar import new_matcher
+from oss_serve.engine.structured.harmony_tracker import HarmonyTracker, MessageHeader, Phase
+from oss_serve.engine.structured.spec import StructuredOutput
 from oss_serve.harmony import encoding as harmony_ids
-from oss_serve.structured.grammar import new_matcher
-from oss_serve.structured.harmony_tracker import HarmonyTracker, MessageHeader, Phase
-from oss_serve.structured.spec import StructuredOutput
 
 FUNCTIONS_PREFIX = "functions."
 # Real headers are a handful of tokens. One running longer is noise (a random-weight model's),

@@ -12,21 +12,22 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from llguidance import LLExecutor, LLTokenizer
 
-from oss_serve.async_copy import to_device
+from oss_serve.engine.structured.constraint import BannedStep, ForcedStep, GrammarStep, RequestConstraint
+from oss_serve.engine.structured.grammar import load_tokenizer
+from oss_serve.engine.structured.spec import StructuredOutput
 from oss_serve.harmony import encoding as harmony_ids
+from oss_serve.kernels.async_copy import to_device
 from oss_serve.kernels.token_mask import mask_tokens_
-from oss_serve.structured.constraint import BannedStep, ForcedStep, GrammarStep, RequestConstraint
-from oss_serve.structured.grammar import load_tokenizer
-from oss_serve.structured.spec import StructuredOutput
 
 if TYPE_CHECKING:
     from oss_serve.engine.request import Request

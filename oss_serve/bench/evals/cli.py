@@ -1,6 +1,6 @@
-"""`python -m oss_serve.evals`: accuracy of a served model, the way gpt-oss's published numbers were taken.
+"""`python -m oss_serve.bench.evals`: accuracy of a served model, the way gpt-oss's published numbers were taken.
 
-Example: `python -m oss_serve.evals --base-url http://127.0.0.1:30000/v1 --model openai/gpt-oss-120b
+Example: `python -m oss_serve.bench.evals --base-url http://127.0.0.1:30000/v1 --model openai/gpt-oss-120b
 --eval gpqa --reasoning-effort low --sampler responses --n-threads 128`.
 """
 from __future__ import annotations
@@ -12,15 +12,15 @@ import tempfile
 from datetime import datetime
 from pathlib import Path
 
-from oss_serve.evals.data import DatasetUnavailable, load_dataset_texts
-from oss_serve.evals.report import write_reports
-from oss_serve.evals.runner import EvalSummary, run_eval
-from oss_serve.evals.samplers import SAMPLERS
-from oss_serve.evals.tasks import TASKS, get_task
+from oss_serve.bench.evals.data import DatasetUnavailable, load_dataset_texts
+from oss_serve.bench.evals.report import write_reports
+from oss_serve.bench.evals.runner import EvalSummary, run_eval
+from oss_serve.bench.evals.samplers import SAMPLERS
+from oss_serve.bench.evals.tasks import TASKS, get_task
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m oss_serve.evals", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m oss_serve.bench.evals", description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--base-url", default="http://127.0.0.1:30000/v1",
                         help="Server URL, with or without the trailing /v1.")

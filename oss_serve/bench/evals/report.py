@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from oss_serve.evals.runner import EvalSummary
+from oss_serve.bench.evals.runner import EvalSummary
 
 _PAGE_STYLE = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;width:100%}"
                "td,th{border:1px solid #ccc;padding:6px;vertical-align:top;text-align:left}"

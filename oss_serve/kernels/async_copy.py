@@ -7,7 +7,7 @@ queued behind that work (torch's pinned allocator keeps the block until the copy
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
