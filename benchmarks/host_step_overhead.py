@@ -43,7 +43,7 @@ def main() -> None:
             engine.step_times.clear()
             engine.profile = True
             for _ in range(args.steps):
-                scheduled = engine.scheduler.schedule()  # a decode-only schedule: step() repeats it unchanged
+                scheduled = engine.scheduler.schedule().batch  # decode only: step() repeats it unchanged
                 started = time.perf_counter()
                 plan = runner.plan(scheduled, list(range(len(scheduled))), None)  # what a CUDA-graph replay takes
                 runner.page_tables.apply(plan.table_updates)

@@ -87,7 +87,7 @@ def test_abort_while_a_draw_is_in_flight(tiny_ckpt: Path) -> None:
     for _ in range(5):
         for delta in engine.step():
             streamed[delta.request_id] += delta.new_token_ids
-    assert engine.request_state("r0").awaits_token  # its next token is still being drawn
+    assert engine._requests["r0"].awaits_token  # its next token is still being drawn
     final = engine.abort("r0")
     assert PENDING_TOKEN not in final.new_token_ids and final.finish_reason == "abort"
     assert final.completion_tokens == len(streamed["r0"] + final.new_token_ids) > 0

@@ -9,7 +9,6 @@ import torch
 from oss_serve.kernels.moe_mxfp4 import (
     DECODE_MAX_SLOTS,
     _group_slots_triton,
-    group_slots_by_expert,
     moe_mxfp4,
     moe_mxfp4_reference,
     select_path,
@@ -138,6 +137,32 @@ def test_empty_batch(path: str) -> None:
     ids, weights = make_routing(0, 4, 2)
     x = torch.zeros(0, 96, device=DEVICE)
     assert moe_mxfp4(x, ids, weights, **experts, path=path).shape == (0, 96)
+
+
+def group_slots_by_expert(expert_ids: torch.Tensor, num_experts: int,
+                          block_m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (tile_expert int32 [max_tiles], row_slot int32 [max_tiles * block_m]).
+
+    Slot s = token * k + choice. Expert e's slots fill ceil(count_e / block_m) consecutive tiles; padding rows
+    hold -1 and unused tiles have expert id num_experts. max_tiles depends only on T*k and E.
+    """
+    flat = expert_ids.flatten().long()
+    num_slots = flat.numel()
+    device = flat.device
+    max_tiles = -(-num_slots // block_m) + min(num_experts, num_slots)
+    counts = torch.zeros(num_experts, dtype=torch.long, device=device).index_add_(
+        0, flat, torch.ones_like(flat))  # bincount would sync with the host to size its output
+    tiles = (counts + block_m - 1) // block_m
+    tile_end = tiles.cumsum(0)
+    tile_begin = tile_end - tiles
+    tile_expert = torch.searchsorted(tile_end, torch.arange(max_tiles, device=device), right=True)
+    order = torch.argsort(flat, stable=True)
+    sorted_expert = flat[order]
+    first_sorted = counts.cumsum(0) - counts
+    rank = torch.arange(num_slots, device=device) - first_sorted[sorted_expert]
+    row_slot = torch.full((max_tiles * block_m,), -1, dtype=torch.int32, device=device)
+    row_slot[tile_begin[sorted_expert] * block_m + rank] = order.to(torch.int32)
+    return tile_expert.to(torch.int32), row_slot
 
 
 def test_grouping_pads_each_expert_to_whole_tiles() -> None:

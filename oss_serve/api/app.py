@@ -156,7 +156,22 @@ def build_app(state: ServingState, metrics: ServerMetrics | None = None) -> Fast
     app.state.serving = state
     install_error_handlers(app)
     install_responses_api(app, state)
+    _add_openai_routes(app, state)
+    _add_native_routes(app, state)
+    if metrics is not None:
+        @app.get("/metrics")
+        async def metrics_endpoint() -> Response:
+            return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
+    app.add_middleware(GuardMiddleware, api_key=state.server_args.api_key,
+                       max_request_bytes=state.server_args.max_request_bytes, metrics=metrics,
+                       max_queued_requests=state.server_args.max_queued_requests,
+                       read_engine_stats=state.engine.stats)
+    app.add_middleware(AccessLogMiddleware, log_bodies=state.server_args.log_requests)  # outermost
+    return app
+
+
+def _add_openai_routes(app: FastAPI, state: ServingState) -> None:
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
         return await create_completion(body, request, state)
@@ -169,6 +184,9 @@ def build_app(state: ServingState, metrics: ServerMetrics | None = None) -> Fast
     async def models() -> dict[str, Any]:
         return native.models_list(state)
 
+
+def _add_native_routes(app: FastAPI, state: ServingState) -> None:
+    """SGLang's own endpoints."""
     @app.post("/generate")
     async def generate(body: GenerateRequest, request: Request) -> Response:
         return await native.generate(body, request, state)
@@ -210,15 +228,3 @@ def build_app(state: ServingState, metrics: ServerMetrics | None = None) -> Fast
     @app.post("/parse_function_call")
     async def parse_function_call(body: ParseFunctionCallRequest) -> dict[str, Any]:
         return native.parse_function_call(body)
-
-    if metrics is not None:
-        @app.get("/metrics")
-        async def metrics_endpoint() -> Response:
-            return Response(metrics.render(), media_type="text/plain; version=0.0.4")
-
-    app.add_middleware(GuardMiddleware, api_key=state.server_args.api_key,
-                       max_request_bytes=state.server_args.max_request_bytes, metrics=metrics,
-                       max_queued_requests=state.server_args.max_queued_requests,
-                       read_engine_stats=state.engine.stats)
-    app.add_middleware(AccessLogMiddleware, log_bodies=state.server_args.log_requests)  # outermost
-    return app

@@ -6,7 +6,6 @@ offline `LLM` may drive it directly.
 """
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from oss_serve.engine.generation_config import default_sampling_params, generation_eos_ids
+from oss_serve.engine.kv_sizing import plan_kv_layout
 from oss_serve.engine.messages import EngineInfo, EngineStats, RequestDelta, RunnerLayout
 from oss_serve.engine.model_runner import ModelRunner, PendingInputs
 from oss_serve.engine.outputs import TokenLogprob
@@ -22,47 +23,11 @@ from oss_serve.engine.paged_kv import PagedKVCache
 from oss_serve.engine.request import PENDING_TOKEN, Request, Status
 from oss_serve.engine.sampler import SampledTokens, sample
 from oss_serve.engine.sampling_params import InvalidRequest, SamplingParams, check_token_ids
-from oss_serve.engine.scheduler import ScheduledSeq, Scheduler, SchedulerConfig
+from oss_serve.engine.scheduler import ScheduledSeq, Scheduler, SchedulerConfig, StepSchedule
 from oss_serve.engine.structured.step_masks import StructuredDecoding
 from oss_serve.server_args import ServerArgs
 
 logger = logging.getLogger(__name__)
-
-KV_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp8_e4m3": torch.float8_e4m3fn,
-             "fp8_e5m2": torch.float8_e5m2}
-# CPU KV budget when neither max_total_tokens nor mem_fraction_static is given: of free RAM.
-DEFAULT_CPU_KV_FRACTION = 0.2
-DEFAULT_GPU_MEM_FRACTION = 0.85
-DEFAULT_MAX_RUNNING_REQUESTS = 256
-DEFAULT_CUDA_GRAPH_MAX_BS = 256
-# A budget-sized KV pool smaller than this is a misconfiguration (the weights filled the device,
-# or the fraction is tiny), not something to serve with.
-MIN_KV_TOKENS = 1024
-
-
-def default_sampling_params(folder: Path | str) -> SamplingParams:
-    """SamplingParams with the checkpoint's generation_config.json defaults filled in."""
-    params = SamplingParams()
-    path = Path(folder) / "generation_config.json"
-    if path.is_file():
-        config = json.loads(path.read_text())
-        if config.get("do_sample") is False:
-            params.temperature = 0.0
-        for name in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty"):
-            if config.get(name) is not None:
-                setattr(params, name, type(getattr(params, name))(config[name]))
-        if config.get("max_new_tokens") is not None:
-            params.max_new_tokens = int(config["max_new_tokens"])
-    return params
-
-
-def generation_eos_ids(folder: Path | str) -> tuple[int, ...]:
-    path = Path(folder) / "generation_config.json"
-    if path.is_file():
-        eos = json.loads(path.read_text()).get("eos_token_id")
-        if eos is not None:
-            return tuple(eos) if isinstance(eos, list) else (eos,)
-    return ()
 
 
 def validate_prompt(prompt_ids: list[int], context_length: int, vocab_size: int) -> None:
@@ -97,114 +62,34 @@ class InFlightStep:
     sampled: SampledTokens
 
 
-def _available_ram_bytes() -> int:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 8 * 2**30
-
-
-def plan_kv_pools(args: ServerArgs, layer_windows: list[int | None], num_kv_heads: int, head_dim: int,
-                  kv_dtype: torch.dtype, device: torch.device, context_length: int) -> tuple[int, int]:
-    """(full pages, sliding pages). Sliding layers need only about a window per running request
-    plus one prefill chunk, so their pool is capped there and the rest of the budget goes to full layers."""
-    ps = args.page_size
-    page_bytes = PagedKVCache.bytes_per_page(ps, num_kv_heads, head_dim, kv_dtype)
-    num_full_layers = sum(1 for w in layer_windows if w is None)
-    num_sliding_layers = len(layer_windows) - num_full_layers
-    window = max((w for w in layer_windows if w is not None), default=0)
-    max_running = args.max_running_requests or DEFAULT_MAX_RUNNING_REQUESTS
-    step_pages = -(-min(args.chunked_prefill_size, args.max_prefill_tokens) // ps)
-    sliding_cap = (max_running * (-(-window // ps) + 1) + step_pages + 2) if num_sliding_layers else 0
-    if args.max_total_tokens is not None:
-        full_pages = -(-args.max_total_tokens // ps)
-        return full_pages, min(full_pages, sliding_cap) if num_sliding_layers else 0
-    if device.type == "cuda":
-        free, total = torch.cuda.mem_get_info(device)
-        fraction = args.mem_fraction_static or DEFAULT_GPU_MEM_FRACTION
-        budget = free - (1 - fraction) * total
-    else:
-        budget = (args.mem_fraction_static or DEFAULT_CPU_KV_FRACTION) * _available_ram_bytes()
-    budget = max(budget, 0)
-    # Never more full pages than every running request at full context could use.
-    full_cap = max_running * -(-context_length // ps) + 1
-    full_pages = int((budget - sliding_cap * page_bytes * num_sliding_layers) // max(1, page_bytes * num_full_layers))
-    if full_pages < sliding_cap:  # small budget: split evenly
-        full_pages = int(budget // (page_bytes * len(layer_windows)))
-    if full_pages * ps < MIN_KV_TOKENS:
-        raise ValueError(f"the KV cache budget of {budget / 2**20:.1f} MiB holds only {max(full_pages, 0) * ps} tokens "
-                         f"({page_bytes * len(layer_windows)} bytes per {ps}-token page over all layers); raise "
-                         f"--mem-fraction-static or set --max-total-tokens")
-    full_pages = min(full_pages, full_cap)
-    return full_pages, (min(full_pages, sliding_cap) if num_sliding_layers else 0)
-
-
 class EngineCore:
-    def __init__(self, args: ServerArgs, model: torch.nn.Module | None = None, model_folder: Path | str | None = None
-                 ) -> None:
-        """Loads the model from `args` unless one is passed in (tests)."""
+    def __init__(self, args: ServerArgs) -> None:
+        self.args = args
         self.tp = None  # rank 0's TensorParallelLeader when args.tp_size > 1
-        if model is None and args.tp_size > 1:
+        if args.tp_size > 1:
             from oss_serve.engine.tp_launcher import TensorParallelLeader
 
             self.tp = TensorParallelLeader(args)
-            model, model_folder = self.tp.loaded.model, self.tp.loaded.folder
-        if model is None:
+            loaded = self.tp.loaded
+        else:
             from oss_serve.model.loader import load_model
 
             loaded = load_model(args.model_path, dtype=args.dtype, device=args.device, load_format=args.load_format,
                                 revision=args.revision, seed=args.random_seed, moe_backend=args.moe_backend)
-            model, model_folder = loaded.model, loaded.folder
-        self.model = model
-        config = model.config
-        self.model_folder = Path(model_folder or args.model_path)
-        self.args = args
-        param = next(model.parameters())
+        self.model, self.model_folder = loaded.model, Path(loaded.folder)
+        config = self.model.config
+        param = next(self.model.parameters())
         self.device, self.model_dtype = param.device, param.dtype
-        self.context_length = min(args.context_length or config.max_position_embeddings,
-                                  config.max_position_embeddings)
-        kv_dtype = self.model_dtype if args.kv_cache_dtype == "auto" else KV_DTYPES[args.kv_cache_dtype]
-        layer_windows = [config.window_of(i) for i in range(config.num_layers)]
-        num_full_pages, num_sliding_pages = plan_kv_pools(args, layer_windows, config.num_kv_heads, config.head_dim,
-                                                          kv_dtype, self.device, self.context_length)
-        ps = args.page_size
-        window = max((w for w in layer_windows if w is not None), default=None)
-        chunk = min(args.chunked_prefill_size, args.max_prefill_tokens)
-        if num_sliding_pages:
-            # A chunk plus the window before it must fit the sliding pool.
-            chunk = max(1, min(chunk, (num_sliding_pages - 2) * ps - window))
-        chunk = max(1, min(chunk, (num_full_pages - 1) * ps))
-        max_running = args.max_running_requests or DEFAULT_MAX_RUNNING_REQUESTS
+        layout = self.layout = plan_kv_layout(args, config, self.model_dtype, self.device)
+        self.context_length = layout.context_length
         self.scheduler = Scheduler(SchedulerConfig(
-            page_size=ps, num_full_pages=num_full_pages, num_sliding_pages=num_sliding_pages,
-            sliding_window=window, max_running_requests=max_running,
-            max_step_tokens=max(args.max_prefill_tokens, chunk), chunk_size=chunk,
-            enable_prefix_cache=not args.disable_radix_cache))
-        self.cache = PagedKVCache(layer_windows, num_full_pages, num_sliding_pages, ps, config.num_kv_heads,
-                                  config.head_dim, kv_dtype, self.device)
-        # A sequence must fit the full-attention pool.
-        self.context_length = min(self.context_length, num_full_pages * ps)
-        max_pages_per_seq = -(-self.context_length // ps)
-        if self.tp is not None:  # workers build the same page pools, each holding its own KV heads
-            self.runner = self.tp.make_runner(
-                RunnerLayout(layer_windows, num_full_pages, num_sliding_pages, ps, kv_dtype, max_running,
-                             max_pages_per_seq), model, self.cache, self.device, args.attention_backend)
-        else:
-            self.runner = ModelRunner(model, self.cache, self.device, args.attention_backend, max_running,
-                                      max_pages_per_seq)
-        # Graphs need kernels without host syncs: the Triton attention and MXFP4 MoE paths.
-        graphable = args.attention_backend != "torch" and getattr(model, "packed_mxfp4", False)
-        if self.device.type == "cuda" and not args.disable_cuda_graph and not graphable:
-            logger.info("CUDA graphs off: they need the Triton attention and MXFP4 MoE backends")
-        if self.device.type == "cuda" and not args.disable_cuda_graph and graphable:
-            try:
-                self.runner.enable_cuda_graphs(min(args.cuda_graph_max_bs or DEFAULT_CUDA_GRAPH_MAX_BS, max_running))
-            except RuntimeError as error:
-                raise RuntimeError(f"capturing CUDA graphs failed ({error}); --disable-cuda-graph runs without "
-                                   "them") from error
+            page_size=layout.page_size, num_full_pages=layout.num_full_pages,
+            num_sliding_pages=layout.num_sliding_pages, sliding_window=layout.sliding_window,
+            max_running_requests=layout.max_running, max_step_tokens=max(args.max_prefill_tokens, layout.chunk_size),
+            chunk_size=layout.chunk_size, enable_prefix_cache=not args.disable_radix_cache))
+        self.cache = PagedKVCache(layout.layer_windows, layout.num_full_pages, layout.num_sliding_pages,
+                                  layout.page_size, config.num_kv_heads, config.head_dim, layout.kv_dtype, self.device)
+        self.runner = self._make_runner()
         # Schedule step N+1 while the device runs step N. Not on CPU, where the forward holds the host (it
         # would only delay each token by a step).
         self.overlap = self.device.type == "cuda" and not args.disable_overlap_schedule
@@ -212,8 +97,9 @@ class EngineCore:
         self._step_deltas: list[RequestDelta] = []
         self._step_requests: list[Request] = []
         logger.info("KV cache: %d tokens per full-attention layer, %d per sliding-window layer, page size %d, %s; "
-                    "context length %d", num_full_pages * ps, num_sliding_pages * ps, ps,
-                    str(kv_dtype).removeprefix("torch."), self.context_length)
+                    "context length %d", layout.num_full_pages * layout.page_size,
+                    layout.num_sliding_pages * layout.page_size, layout.page_size,
+                    str(layout.kv_dtype).removeprefix("torch."), self.context_length)
         self.eos_token_ids = tuple(dict.fromkeys(generation_eos_ids(self.model_folder) + tuple(config.eos_token_ids)))
         self.default_params = default_sampling_params(self.model_folder)
         self.structured = StructuredDecoding(Path(args.tokenizer_path or self.model_folder) / "tokenizer.json",
@@ -223,6 +109,29 @@ class EngineCore:
         self._seed_rng = random.Random(args.random_seed)
         self.step_times: list[StepTiming] = []  # when profiling
         self.profile = False
+
+    def _make_runner(self) -> ModelRunner:
+        args, layout = self.args, self.layout
+        if self.tp is not None:  # workers build the same page pools, each holding its own KV heads
+            runner = self.tp.make_runner(
+                RunnerLayout(layout.layer_windows, layout.num_full_pages, layout.num_sliding_pages, layout.page_size,
+                             layout.kv_dtype, layout.max_running, layout.max_pages_per_seq),
+                self.model, self.cache, self.device, args.attention_backend)
+        else:
+            runner = ModelRunner(self.model, self.cache, self.device, args.attention_backend, layout.max_running,
+                                 layout.max_pages_per_seq)
+        if self.device.type != "cuda" or args.disable_cuda_graph:
+            return runner
+        # Graphs need kernels without host syncs: the Triton attention and MXFP4 MoE paths.
+        if args.attention_backend == "torch" or not getattr(self.model, "packed_mxfp4", False):
+            logger.info("CUDA graphs off: they need the Triton attention and MXFP4 MoE backends")
+            return runner
+        try:
+            runner.enable_cuda_graphs(layout.cuda_graph_max_bs)
+        except RuntimeError as error:
+            raise RuntimeError(f"capturing CUDA graphs failed ({error}); --disable-cuda-graph runs without "
+                               "them") from error
+        return runner
 
     @property
     def info(self) -> EngineInfo:
@@ -296,54 +205,92 @@ class EngineCore:
 
     # ---- the step ----------------------------------------------------------------------------
     def step(self) -> list[RequestDelta]:
-        """Schedule and queue a step's forward; read what the previous step drew (overlapped schedule) while
-        the device runs it; queue the sampling; then, without the overlap, read this step's draws."""
+        """Run one scheduler step; return what every request produced."""
+        # Profiling times each step alone.
+        return self._step_overlapped() if self.overlap and not self.profile else self._step_plain()
+
+    def _step_plain(self) -> list[RequestDelta]:
+        """Schedule, run the forward and the sampling, read this step's draws."""
         started = time.perf_counter()
         # Kept on self so that a step failing halfway still hands out what it had decided (fail_step).
         deltas = self._step_deltas = []
+        if self._in_flight is not None:  # left by an overlapped step before the switch
+            deltas += self._book(self._in_flight, *self._take(self._in_flight))
+            self._in_flight = None
+        schedule = self.scheduler.schedule()
+        self._step_requests = [seq.request for seq in schedule.batch]
+        scheduled = time.perf_counter()
+        sampled_requests = self._sample_rows(schedule.batch)
+        self.structured.begin_step(sampled_requests)  # every token is known: masks fill during the forward
+        step = self._forward_and_sample(schedule.batch, sampled_requests, None)
+        if self.profile and step is not None:
+            step.sampled.wait()  # the device's time counts as the forward's
+        forward_time = time.perf_counter() - scheduled
+        deltas += self._after_forward(schedule, step)
+        if step is not None:
+            deltas += self._book(step, *self._take(step))
+        if self.profile and schedule.batch:
+            self.step_times.append(StepTiming(time.perf_counter() - started, scheduled - started, forward_time,
+                                              len(schedule.batch), sum(s.num_new_tokens for s in schedule.batch)))
+        self._step_deltas, self._step_requests = [], []
+        return deltas
+
+    def _step_overlapped(self) -> list[RequestDelta]:
+        """Schedule and queue this step's forward, read the previous step's draws while the device runs it,
+        and leave this step's draws in flight for the next step to read."""
+        deltas = self._step_deltas = []
         previous, self._in_flight = self._in_flight, None
         self._step_requests = [] if previous is None else list(previous.requests)
-        batch = self.scheduler.schedule()
-        self._step_requests += [seq.request for seq in batch]
-        scheduled = time.perf_counter()
-        logits = None
-        if batch:
-            sample_rows = [i for i, seq in enumerate(batch)
-                           if seq.request.num_computed + seq.num_new_tokens == len(seq.request.token_ids)]
-            sampled_requests = [batch[i].request for i in sample_rows]
-            if previous is None:  # every token is known: grammar masks are filled while the forward runs
-                self.structured.begin_step(sampled_requests)
-            logits = self.runner.forward(batch, sample_rows, self._pending_inputs(batch, previous),
-                                         None if previous is None else previous.sampled.tokens)
-        if previous is not None:
+        schedule = self.scheduler.schedule()
+        self._step_requests += [seq.request for seq in schedule.batch]
+        sampled_requests = self._sample_rows(schedule.batch)
+        if previous is None:
+            self.structured.begin_step(sampled_requests)
+            step = self._forward_and_sample(schedule.batch, sampled_requests, None)
+        else:
+            # The grammar masks need the previous draws: they fill once those are read, during this forward.
+            logits = self._forward(schedule.batch, sampled_requests, previous)
             tokens, logprobs = self._take(previous)
-            if logits is not None:  # the masks needed those tokens; filled while the rest of the read runs
-                self.structured.begin_step(sampled_requests)
+            self.structured.begin_step(sampled_requests)
             deltas += self._book(previous, tokens, logprobs)
-        sampled = None
-        if logits is not None:
-            sampled = sample(logits, sampled_requests)
-            if self.profile:
-                sampled.wait()  # the device's time counts as the forward's
-        forward_time = time.perf_counter() - scheduled
-        for request in self.scheduler.unservable:
-            # Alone and still out of pages: the sequence is longer than the whole KV pool.
-            if request.status is not Status.FINISHED:  # (it may have stopped on the token just read)
-                deltas.append(self._finish(request, "length", None))
-        if batch:
-            self.scheduler.after_forward([seq for seq in batch if seq.request.status is Status.RUNNING])
-            if sampled is not None:
-                for request in sampled_requests:
-                    if request.status is not Status.FINISHED:
-                        request.token_ids.append(PENDING_TOKEN)
-                self._in_flight = InFlightStep(sampled_requests, sampled)
-                if not self.overlap or self.profile:  # profiling times each step alone
-                    deltas += self._book(self._in_flight, *self._take(self._in_flight))
-                    self._in_flight = None
-            if self.profile:
-                self.step_times.append(StepTiming(time.perf_counter() - started, scheduled - started, forward_time,
-                                                  len(batch), sum(seq.num_new_tokens for seq in batch)))
+            step = None if logits is None else InFlightStep(sampled_requests, sample(logits, sampled_requests))
+        deltas += self._after_forward(schedule, step)
+        self._in_flight = step
         self._step_deltas, self._step_requests = [], []
+        return deltas
+
+    @staticmethod
+    def _sample_rows(batch: list[ScheduledSeq]) -> list[Request]:
+        """The requests that draw a token this step: those whose step reaches the end of their tokens."""
+        return [seq.request for seq in batch
+                if seq.request.num_computed + seq.num_new_tokens == len(seq.request.token_ids)]
+
+    def _forward(self, batch: list[ScheduledSeq], sampled_requests: list[Request],
+                 previous: InFlightStep | None) -> torch.Tensor | None:
+        if not batch:
+            return None
+        sampled_ids = {id(request) for request in sampled_requests}
+        sample_rows = [i for i, seq in enumerate(batch) if id(seq.request) in sampled_ids]
+        return self.runner.forward(batch, sample_rows, self._pending_inputs(batch, previous),
+                                   None if previous is None else previous.sampled.tokens)
+
+    def _forward_and_sample(self, batch: list[ScheduledSeq], sampled_requests: list[Request],
+                            previous: InFlightStep | None) -> InFlightStep | None:
+        logits = self._forward(batch, sampled_requests, previous)
+        return None if logits is None else InFlightStep(sampled_requests, sample(logits, sampled_requests))
+
+    def _after_forward(self, schedule: StepSchedule, step: InFlightStep | None) -> list[RequestDelta]:
+        """Advance the scheduler past the step's KV writes and mark the draws the step still owes."""
+        deltas = [self._finish(request, "length", None) for request in schedule.unservable
+                  # Alone and still out of pages: longer than the whole KV pool (unless it just stopped).
+                  if request.status is not Status.FINISHED]
+        if not schedule.batch:
+            return deltas
+        self.scheduler.after_forward([seq for seq in schedule.batch if seq.request.status is Status.RUNNING])
+        if step is not None:
+            for request in step.requests:
+                if request.status is not Status.FINISHED:
+                    request.token_ids.append(PENDING_TOKEN)
         return deltas
 
     def step_isolated(self) -> list[RequestDelta]:
@@ -480,9 +427,6 @@ class EngineCore:
             matched_stop=request.matched_stop if finished else None)
         request.pending_ids, request.pending_logprobs = [], []
         return delta
-
-    def request_state(self, request_id: str) -> Request | None:
-        return self._requests.get(request_id)
 
     def close(self) -> None:
         """Stop the tensor-parallel workers, if any (also done at interpreter exit)."""

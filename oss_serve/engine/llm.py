@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from oss_serve.engine.detokenizer import detokenize_all
 from oss_serve.engine.engine_core import EngineCore
+from oss_serve.engine.messages import RequestDelta
 from oss_serve.engine.outputs import RequestOutput, TokenLogprob
 from oss_serve.engine.sampling_params import SamplingParams
 from oss_serve.server_args import ServerArgs
@@ -75,56 +76,60 @@ class LLM:
                        else [sampling_params] * len(prompts))
         if len(params_list) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(params_list)} sampling params")
-
-        submitted: list[list[tuple[str, list[int], SamplingParams]]] = []
+        submitted: list[list[_Sample]] = []
         for prompt, params in zip(prompts, params_list):
             params.validate()
             prompt_ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
             self.engine.validate_prompt(prompt_ids)
-            samples = []
-            for one in expand_n(params):
-                self._counter += 1
-                samples.append((f"offline-{self._counter}", prompt_ids, one))
-            submitted.append(samples)
+            submitted.append([self._new_sample(prompt_ids, one) for one in expand_n(params)])
+        self._run([sample for samples in submitted for sample in samples])
+        results = []
+        for samples in submitted:
+            outputs = [self._output(sample) for sample in samples]
+            if len(outputs) > 1:
+                outputs[0].samples = outputs
+            results.append(outputs[0])
+        return results
 
-        finished: dict[str, object] = {}
-        token_ids: dict[str, list[int]] = {}
-        logprobs: dict[str, list[TokenLogprob]] = {}
+    def _new_sample(self, prompt_ids: list[int], params: SamplingParams) -> _Sample:
+        self._counter += 1
+        return _Sample(f"offline-{self._counter}", prompt_ids, params)
+
+    def _run(self, samples: list[_Sample]) -> None:
+        """Queue every sample and step the engine until all have finished."""
+        by_id = {sample.request_id: sample for sample in samples}
         try:
-            for samples in submitted:
-                for request_id, prompt_ids, params in samples:
-                    token_ids[request_id], logprobs[request_id] = [], []
-                    delta = self.engine.add_request(request_id, prompt_ids, params)
-                    if delta is not None:
-                        finished[request_id] = delta
+            for sample in samples:
+                sample.final = self.engine.add_request(sample.request_id, sample.prompt_ids, sample.params)
         except Exception:
             # A request refused halfway (say, a grammar that does not compile): take back the ones
             # already queued, so the next generate() starts from a clean engine.
-            for request_id in token_ids:
-                self.engine.abort(request_id)
+            for sample in samples:
+                self.engine.abort(sample.request_id)
             raise
         while self.engine.has_work:
             for delta in self.engine.step():
-                token_ids[delta.request_id].extend(delta.new_token_ids)
-                if delta.new_logprobs:
-                    logprobs[delta.request_id].extend(delta.new_logprobs)
+                sample = by_id[delta.request_id]
+                sample.token_ids.extend(delta.new_token_ids)
+                sample.logprobs.extend(delta.new_logprobs or ())
                 if delta.finished:
-                    finished[delta.request_id] = delta
+                    sample.final = delta
 
-        results = []
-        for samples in submitted:
-            outputs = []
-            for request_id, prompt_ids, params in samples:
-                delta = finished[request_id]
-                ids = token_ids[request_id]
-                outputs.append(RequestOutput(
-                    request_id=request_id, prompt_token_ids=prompt_ids, token_ids=ids,
-                    text=self._text(ids, params, delta.matched_stop),
-                    finish_reason=delta.finish_reason, matched_stop=delta.matched_stop,
-                    num_cached_tokens=delta.cached_tokens,
-                    logprobs=logprobs[request_id] if params.logprobs else None))
-            first = outputs[0]
-            if len(outputs) > 1:
-                first.samples = outputs
-            results.append(first)
-        return results
+    def _output(self, sample: _Sample) -> RequestOutput:
+        final = sample.final
+        return RequestOutput(
+            request_id=sample.request_id, prompt_token_ids=sample.prompt_ids, token_ids=sample.token_ids,
+            text=self._text(sample.token_ids, sample.params, final.matched_stop),
+            finish_reason=final.finish_reason, matched_stop=final.matched_stop, num_cached_tokens=final.cached_tokens,
+            logprobs=sample.logprobs if sample.params.logprobs else None)
+
+
+@dataclasses.dataclass
+class _Sample:
+    """One engine request of an offline batch, and what it has produced so far."""
+    request_id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    token_ids: list[int] = dataclasses.field(default_factory=list)
+    logprobs: list[TokenLogprob] = dataclasses.field(default_factory=list)
+    final: RequestDelta | None = None  # its last delta, once finished

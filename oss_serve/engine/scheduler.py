@@ -9,6 +9,7 @@ starting from its longest cached prefix.
 from __future__ import annotations
 
 import collections
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from oss_serve.engine.messages import EngineStats
@@ -35,6 +36,13 @@ class ScheduledSeq:
     num_new_tokens: int  # computed this step, from request.num_computed
 
 
+@dataclass(frozen=True)
+class StepSchedule:
+    """What one step runs, and the requests that can never get their pages (longer than the whole pool)."""
+    batch: list[ScheduledSeq]
+    unservable: list[Request]
+
+
 class Scheduler:
     def __init__(self, config: SchedulerConfig) -> None:
         self.config = config
@@ -48,7 +56,6 @@ class Scheduler:
         self.running: list[Request] = []  # in admission order; the newest is preempted first
         self._free_table_rows = list(range(config.max_running_requests - 1, -1, -1))
         self.num_preemptions = 0
-        self.unservable: list[Request] = []  # set by schedule(): requests that can never get their pages
 
     # ---- queue -----------------------------------------------------------------------------
     def add(self, request: Request) -> None:
@@ -149,9 +156,25 @@ class Scheduler:
         self.num_preemptions += 1
 
     # ---- the step ----------------------------------------------------------------------------
-    def schedule(self) -> list[ScheduledSeq]:
-        batch: list[ScheduledSeq] = []
+    def schedule(self) -> StepSchedule:
         budget = self.config.max_step_tokens
+        decodes, unservable = self._schedule_decodes()
+        batch = list(decodes)
+        for seq in self._schedule_prefills(budget - len(decodes), len(decodes), unservable):
+            batch.append(seq)
+            budget -= seq.num_new_tokens
+        if not batch and self.running and not unservable and all(r.is_prefilling for r in self.running):
+            # Every running request is stuck mid-prefill waiting for pages the others hold:
+            # requeue the newest so the rest can move; a lone one can never fit.
+            if len(self.running) == 1:
+                unservable.append(self.running[0])
+            else:
+                self._preempt(self.running[-1])
+        return StepSchedule(batch, unservable)
+
+    def _schedule_decodes(self) -> tuple[list[ScheduledSeq], list[Request]]:
+        """One token for each decoding request, preempting the newest for pages; (batch, unservable)."""
+        batch: list[ScheduledSeq] = []
         unservable: list[Request] = []
         for request in list(self.running):
             if request.status is not Status.RUNNING or request.is_prefilling:
@@ -168,10 +191,11 @@ class Scheduler:
                     break
             else:
                 batch.append(ScheduledSeq(request, 1))
-                budget -= 1
-        self.unservable = unservable
-        num_decoding = len(batch)
+        return batch, unservable
 
+    def _schedule_prefills(self, budget: int, num_decoding: int, unservable: list[Request]
+                           ) -> Iterator[ScheduledSeq]:
+        """Prefill chunks within `budget`: requests mid-prefill first, then new ones in arrival order."""
         for request in self.running:
             if budget <= 0:
                 break
@@ -180,9 +204,8 @@ class Scheduler:
             chunk = min(len(request.token_ids) - request.num_computed, self.config.chunk_size, budget)
             if not self._grow(request, request.num_computed + chunk):
                 break
-            batch.append(ScheduledSeq(request, chunk))
+            yield ScheduledSeq(request, chunk)
             budget -= chunk
-
         while self.waiting and budget > 0 and len(self.running) < self.config.max_running_requests:
             request = self.waiting[0]
             if request.awaits_token:  # preempted with its draw still in flight: a prefill needs the id
@@ -199,17 +222,8 @@ class Scheduler:
             request.status = Status.RUNNING
             request.table_row = self._free_table_rows.pop()
             self.running.append(request)
-            batch.append(ScheduledSeq(request, chunk))
+            yield ScheduledSeq(request, chunk)
             budget -= chunk
-
-        if not batch and self.running and not unservable and all(r.is_prefilling for r in self.running):
-            # Every running request is stuck mid-prefill waiting for pages the others hold:
-            # requeue the newest so the rest can move; a lone one can never fit.
-            if len(self.running) == 1:
-                unservable.append(self.running[0])
-            else:
-                self._preempt(self.running[-1])
-        return batch
 
     def after_forward(self, batch: list[ScheduledSeq]) -> None:
         """The step's KV is written: advance, cache finished prefill pages, drop pages out of window."""
@@ -223,9 +237,6 @@ class Scheduler:
             self._release_out_of_window(request)
 
     # ---- accounting --------------------------------------------------------------------------
-    def sliding_pages_held(self, request: Request) -> int:
-        return sum(1 for p in request.sliding_pages if p != NO_PAGE)
-
     def stats(self, page_size: int) -> EngineStats:
         full_total = self.full_pool.num_pages
         return EngineStats(

@@ -131,6 +131,12 @@ def split_recipient(recipient: str) -> tuple[str, str | None]:
     return namespace, (tool or None)
 
 
+def tool_kind(recipient: str) -> ToolKind:
+    """Which built-in a recipient names ("python", "browser.*"); anything else is an MCP tool."""
+    namespace, _ = split_recipient(recipient)
+    return "python" if namespace == "python" else "browser" if namespace == "browser" else "mcp"
+
+
 def tool_result_message(result: ToolResult, channel: str = "analysis") -> openai_harmony.Message:
     """The harmony message that carries `result` back to the model.
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import openai_harmony
 
-from oss_serve.tools.base import ToolResult, ToolServer, ToolSession, error_result, split_recipient
+from oss_serve.tools.base import ToolResult, ToolServer, ToolSession, error_result, tool_kind
 
 logger = logging.getLogger(__name__)
 
@@ -56,10 +56,9 @@ class ToolGroupSession(ToolSession):
     async def call(self, recipient: str, arguments: str) -> ToolResult:
         server = self.group.server_for(recipient)
         if server is None:
-            namespace, _ = split_recipient(recipient)
-            kind = "python" if namespace == "python" else "browser" if namespace == "browser" else "mcp"
             known = ", ".join(n.name for n in self.group.namespaces()) or "none"
-            return error_result(recipient, kind, f"Unknown tool {recipient!r}. Available namespaces: {known}.")
+            return error_result(recipient, tool_kind(recipient),
+                                f"Unknown tool {recipient!r}. Available namespaces: {known}.")
         session = self.sessions.get(id(server))
         if session is None:
             session = self.sessions[id(server)] = await server.open_session()
@@ -67,9 +66,7 @@ class ToolGroupSession(ToolSession):
             return await session.call(recipient, arguments)
         except Exception as error:  # noqa: BLE001 - the contract: failures are tool output, not exceptions
             logger.exception("tool call %s failed", recipient)
-            namespace, _ = split_recipient(recipient)
-            kind = "python" if namespace == "python" else "browser" if namespace == "browser" else "mcp"
-            return error_result(recipient, kind, f"Error: the tool failed: {error}")
+            return error_result(recipient, tool_kind(recipient), f"Error: the tool failed: {error}")
 
     def annotate(self, text: str) -> tuple[str, list[dict[str, Any]]]:
         annotations: list[dict[str, Any]] = []
