@@ -1,4 +1,4 @@
-"""Offline generation from the command line, without the engine:
+"""Offline generation from the command line, through the offline engine (`oss_serve.LLM`):
 
     python -m oss_serve.generate --model-path PATH_OR_HUB_ID --prompt "San Francisco is a" \
         --max-new-tokens 20 --temperature 0
@@ -10,48 +10,17 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Iterable
 
-import torch
-
-from oss_serve.model.attention import ContiguousKVBackend
-from oss_serve.model.gpt_oss import GptOssForCausalLM
 from oss_serve.server_args import ServerArgs
 
-
-def generate_ids(model: GptOssForCausalLM, prompt_ids: list[int], max_new_tokens: int, temperature: float = 0.0,
-                 stop_token_ids: Iterable[int] = (), seed: int = 0) -> list[int]:
-    """Prefill the prompt, then decode one token at a time; stops after a stop token (kept in the output)."""
-    if not prompt_ids:
-        raise ValueError("the prompt is empty")
-    device = next(model.parameters()).device
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    stops = set(stop_token_ids)
-    cache = ContiguousKVBackend(model.config.num_layers)
-    step_ids = prompt_ids
-    output: list[int] = []
-    while len(output) < max_new_tokens:
-        positions = cache.prepare([(0, len(step_ids))]).to(device)
-        hidden = model(torch.tensor(step_ids, device=device), positions, cache)
-        cache.finish_step()
-        logits = model.compute_logits(hidden[-1:])[0].cpu()
-        if temperature == 0:
-            token = int(torch.argmax(logits))
-        else:
-            probs = torch.softmax(logits / temperature, dim=-1)
-            token = int(torch.multinomial(probs, 1, generator=generator))
-        output.append(token)
-        if token in stops:
-            break
-        step_ids = [token]
-    return output
+MODEL_FLAGS = ("model_path", "tokenizer_path", "revision", "load_format", "dtype", "device", "random_seed",
+               "moe_backend")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m oss_serve.generate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    ServerArgs.add_cli_args(parser, only=("model_path", "tokenizer_path", "revision", "load_format", "dtype",
-                                          "device", "random_seed", "moe_backend"))
+    ServerArgs.add_cli_args(parser, only=MODEL_FLAGS)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help="Raw text to continue.")
     source.add_argument("--chat", help="A user question, rendered as a harmony conversation.")
@@ -68,70 +37,42 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_new_tokens < 1:
         print("error: --max-new-tokens must be at least 1", file=sys.stderr)
         return 2
-    from oss_serve.harmony.encoding import get_harmony_encoding, stop_token_ids_for_assistant
-    from oss_serve.model.loader import load_model
-    from oss_serve.model.tokenizer import Tokenizer
+    from oss_serve.engine.llm import LLM  # imported late: it pulls in torch
+    from oss_serve.engine.sampling_params import SamplingParams
+    from oss_serve.harmony import render
+    from oss_serve.harmony.encoding import stop_token_ids_for_assistant
+    from oss_serve.harmony.parse import parse_output_tokens
 
     try:
-        loaded = load_model(args.model_path, dtype=args.dtype, device=args.device, load_format=args.load_format,
-                            revision=args.revision, seed=args.random_seed, moe_backend=args.moe_backend)
-        tokenizer = Tokenizer.from_pretrained(args.tokenizer_path or loaded.folder)
+        llm = LLM(args.model_path, **{name: getattr(args, name) for name in MODEL_FLAGS if name != "model_path"})
+        tokenizer = llm.tokenizer
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-
     if args.prompt is not None:
-        prompt_ids = tokenizer.encode(args.prompt)
-        stop_ids = tokenizer.eos_token_ids
+        prompt_ids, stop_ids = tokenizer.encode(args.prompt), []
     else:
-        encoding = get_harmony_encoding()
-        prompt_ids = render_chat_prompt(args.chat, args.reasoning_effort)
+        prompt_ids = render.render_prompt([render.user_message(args.chat)],
+                                          render.PromptSettings(reasoning_effort=args.reasoning_effort))
         stop_ids = stop_token_ids_for_assistant()
-    output_ids = generate_ids(loaded.model, prompt_ids, args.max_new_tokens, args.temperature, stop_ids,
-                              seed=args.random_seed)
+    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.random_seed,
+                            stop_token_ids=stop_ids)
+    output_ids = llm.generate([prompt_ids], params)[0].token_ids
     text = tokenizer.decode(output_ids)
     if args.json:
         print(json.dumps({"prompt_ids": prompt_ids, "output_ids": output_ids, "text": text}))
     elif args.prompt is not None:
         print(text)
     else:
-        analysis, final = split_channels(encoding, output_ids)
+        messages = parse_output_tokens(output_ids)
+        analysis = "\n".join(m.text for m in messages if m.channel == "analysis")
+        final = "\n".join(m.text for m in messages if m.channel != "analysis")
         if not analysis and not final:
             # A random-weight model rarely writes valid harmony: show what it did write.
             print(f"[unparsed output]\n{tokenizer.decode(output_ids, skip_special_tokens=False)}")
         else:
             print(f"[analysis]\n{analysis}\n\n[final]\n{final}")
     return 0
-
-
-def render_chat_prompt(question: str, reasoning_effort: str) -> list[int]:
-    from openai_harmony import Conversation, Message, ReasoningEffort, Role, SystemContent
-
-    from oss_serve.harmony.encoding import get_harmony_encoding
-
-    system = SystemContent.new().with_reasoning_effort(ReasoningEffort(reasoning_effort.capitalize()))
-    conversation = Conversation.from_messages([Message.from_role_and_content(Role.SYSTEM, system),
-                                               Message.from_role_and_content(Role.USER, question)])
-    return get_harmony_encoding().render_conversation_for_completion(conversation, Role.ASSISTANT)
-
-
-def split_channels(encoding, output_ids: list[int]) -> tuple[str, str]:
-    """Analysis and final text of a completion, as far as it parses."""
-    from openai_harmony import Role, StreamableParser
-
-    parser = StreamableParser(encoding, role=Role.ASSISTANT, strict=False)
-    try:
-        for token in output_ids:
-            parser.process(token)
-    except Exception:  # malformed harmony: show what was parsed so far
-        pass
-    channels: dict[str, list[str]] = {"analysis": [], "final": []}
-    for message in parser.messages:
-        text = "".join(c.text for c in message.content if hasattr(c, "text"))
-        channels.setdefault(message.channel or "final", []).append(text)
-    if parser.current_content:
-        channels.setdefault(parser.current_channel or "final", []).append(parser.current_content)
-    return "\n".join(channels["analysis"]), "\n".join(channels["final"])
 
 
 if __name__ == "__main__":

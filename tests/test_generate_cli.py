@@ -4,7 +4,8 @@ import shutil
 import subprocess
 import sys
 
-from oss_serve.generate import generate_ids
+from contiguous_reference import generate_ids
+
 from oss_serve.model.loader import load_model
 from oss_serve.model.tokenizer import Tokenizer
 

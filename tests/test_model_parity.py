@@ -4,8 +4,8 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from oss_serve.generate import generate_ids  # noqa: E402
-from oss_serve.model.attention import ContiguousKVBackend  # noqa: E402
+from contiguous_reference import ContiguousKVBackend, generate_ids  # noqa: E402
+
 from oss_serve.model.loader import load_model  # noqa: E402
 
 PROMPT_LEN = 64  # longer than the tiny preset's sliding window of 8
