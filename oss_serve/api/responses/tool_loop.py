@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from contextlib import aclosing
+from dataclasses import dataclass
 
 from openai.types.responses import (
     ResponseCompletedEvent,
@@ -26,6 +28,7 @@ from oss_serve.api.engine_client import Generator
 from oss_serve.api.errors import APIError
 from oss_serve.api.responses.prepare import PreparedResponse
 from oss_serve.api.responses.response_run import TokenUsage
+from oss_serve.engine.sampling_params import SamplingParams
 from oss_serve.harmony import encoding as harmony_ids
 from oss_serve.harmony import render
 from oss_serve.harmony.encoding import get_harmony_encoding
@@ -105,47 +108,27 @@ async def run_tool_loop(prepared: PreparedResponse, generator: Generator, contex
         log.close()
 
 
+@dataclass
+class _ToolCalls:
+    """The built-in / MCP calls of one response so far, against its max_tool_calls."""
+    made: int = 0
+    told_limit: bool = False
+
+
 async def _generate_until_done(prepared: PreparedResponse, generator: Generator, context_length: int,
                                session: ToolSession | None) -> None:
-    run, tools, request = prepared.run, prepared.tools, prepared.run.request
-    assert run.usage is not None
+    run = prepared.run
     prompt_ids = prepared.prompt_ids
-    tool_calls_made = 0
-    told_limit = False
+    calls = _ToolCalls()
     step = 0
     while True:
-        spent = run.usage.output_tokens
-        budget = None if request.max_output_tokens is None else request.max_output_tokens - spent
-        room = context_length - len(prompt_ids)
-        if (budget is not None and budget <= 0) or room <= 0:
+        params = _step_params(prepared, prompt_ids, step, context_length)
+        if params is None:
             run.status, run.incomplete_reason = "incomplete", "max_output_tokens"
             return
-        params = dataclasses.replace(prepared.sampling, max_new_tokens=room if budget is None else min(budget, room),
-                                     structured=prepared.first_reply_structured if step == 0
-                                     else prepared.sampling.structured)
-        parser = HarmonyOutputParser(function_names=tools.function_names,
-                                     builtin_namespaces=(*DEFAULT_BUILTIN_NAMESPACES, *tools.namespace_names))
-        run.assembler.next_step()
-        parser.start_assistant_reply()
-        generated: list[int] = []
-        finish_reason = None
-        async for output in generator.stream(prompt_ids, params, f"{run.response_id}-{step}"):
-            generated.extend(output.new_token_ids)
-            run.assembler.on_parse_events(parser.feed(output.new_token_ids))
-            if output.finished:
-                finish_reason = output.finish_reason
-                run.usage.input_tokens += output.prompt_tokens
-                run.usage.cached_tokens += output.cached_tokens
-                run.usage.output_tokens += output.completion_tokens
-        run.assembler.on_parse_events(parser.finish())
-        run.usage.reasoning_tokens += sum(message.token_count for message in parser.messages if message.is_reasoning)
-        run.conversation.messages.extend(parsed_to_harmony(message) for message in parser.messages)
-        for index, message in enumerate(parser.messages):
-            item = run.assembler.open_item(index)
-            if item is not None and item.kind == "function_call":
-                run.conversation.call_names[item.call_id] = message.function_name or ""
+        generated, messages, finish_reason = await _generate_step(prepared, generator, prompt_ids, params, step)
         step += 1
-        last = parser.messages[-1] if parser.messages else None
+        last = messages[-1] if messages else None
         if finish_reason == "length":
             run.status, run.incomplete_reason = "incomplete", "max_output_tokens"
             return
@@ -153,24 +136,82 @@ async def _generate_until_done(prepared: PreparedResponse, generator: Generator,
             run.status = "completed"
             return
         # A built-in / MCP call (or a call to a tool this response lacks): answer it, go on.
-        item = run.assembler.open_item(len(parser.messages) - 1)
-        if request.max_tool_calls is not None and tool_calls_made >= request.max_tool_calls:
-            result = limit_message(last.recipient, request.max_tool_calls)
-            if item is not None and item.kind != "unknown_tool":
-                run.assembler.tool_running(item)
-                run.assembler.tool_finished(item, result, executed=False)
-            if told_limit:
-                run.status, run.incomplete_reason = "incomplete", "max_messages"
-                return
-            told_limit = True
-        elif item is None or item.kind == "unknown_tool" or session is None:
-            result = error_result(last.recipient, "mcp", f"Error: no tool named {last.recipient!r} is available "
-                                  f"in this conversation ({', '.join(tools.namespace_names) or 'no tools'}).")
-        else:
-            run.assembler.tool_running(item)
-            result = await session.call(last.recipient, last.text)
-            run.assembler.tool_finished(item, result)
-            tool_calls_made += 1
+        result = await _answer_call(prepared, session, last, len(messages) - 1, calls)
+        if result is None:
+            run.status, run.incomplete_reason = "incomplete", "max_messages"
+            return
         tool_message = tool_result_message(result, channel=last.channel or render.ANALYSIS)
         run.conversation.messages.append(tool_message)
         prompt_ids = prompt_ids + continuation_ids(generated, tool_message)
+
+
+def _step_params(prepared: PreparedResponse, prompt_ids: list[int], step: int,
+                 context_length: int) -> SamplingParams | None:
+    """The sampling of the next step, None once max_output_tokens or the context is used up."""
+    request, usage = prepared.run.request, prepared.run.usage
+    assert usage is not None
+    budget = None if request.max_output_tokens is None else request.max_output_tokens - usage.output_tokens
+    room = context_length - len(prompt_ids)
+    if (budget is not None and budget <= 0) or room <= 0:
+        return None
+    return dataclasses.replace(prepared.sampling, max_new_tokens=room if budget is None else min(budget, room),
+                               structured=prepared.first_reply_structured if step == 0
+                               else prepared.sampling.structured)
+
+
+async def _generate_step(prepared: PreparedResponse, generator: Generator, prompt_ids: list[int],
+                         params: SamplingParams, step: int) -> tuple[list[int], list[ParsedMessage], str | None]:
+    """One generation: its events go into the response, its messages into the conversation.
+    Returns the generated ids, the parsed messages and the engine's finish reason."""
+    run, tools = prepared.run, prepared.tools
+    assert run.usage is not None
+    parser = HarmonyOutputParser(function_names=tools.function_names,
+                                 builtin_namespaces=(*DEFAULT_BUILTIN_NAMESPACES, *tools.namespace_names))
+    run.assembler.next_step()
+    parser.start_assistant_reply()
+    generated: list[int] = []
+    finish_reason = None
+    # The parser makes the text from the token ids: the engine client's detokenizer would be wasted.
+    outputs = generator.stream(prompt_ids, params, f"{run.response_id}-{step}", detokenize=False)
+    async with aclosing(outputs):
+        async for output in outputs:
+            generated.extend(output.new_token_ids)
+            run.assembler.on_parse_events(parser.feed(output.new_token_ids))
+            if output.finished:
+                finish_reason = output.finish_reason
+                run.usage.input_tokens += output.prompt_tokens
+                run.usage.cached_tokens += output.cached_tokens
+                run.usage.output_tokens += output.completion_tokens
+    run.assembler.on_parse_events(parser.finish())
+    run.usage.reasoning_tokens += sum(message.token_count for message in parser.messages if message.is_reasoning)
+    run.conversation.messages.extend(parsed_to_harmony(message) for message in parser.messages)
+    for index, message in enumerate(parser.messages):
+        item = run.assembler.open_item(index)
+        if item is not None and item.kind == "function_call":
+            run.conversation.call_names[item.call_id] = message.function_name or ""
+    return generated, parser.messages, finish_reason
+
+
+async def _answer_call(prepared: PreparedResponse, session: ToolSession | None, call: ParsedMessage,
+                       message_index: int, calls: _ToolCalls) -> ToolResult | None:
+    """What the model reads after its tool call; None when it called again after being told of the limit."""
+    run, tools, request = prepared.run, prepared.tools, prepared.run.request
+    recipient = call.recipient or ""
+    item = run.assembler.open_item(message_index)
+    if request.max_tool_calls is not None and calls.made >= request.max_tool_calls:
+        result = limit_message(recipient, request.max_tool_calls)
+        if item is not None and item.kind != "unknown_tool":
+            run.assembler.tool_running(item)
+            run.assembler.tool_finished(item, result, executed=False)
+        if calls.told_limit:
+            return None
+        calls.told_limit = True
+        return result
+    if item is None or item.kind == "unknown_tool" or session is None:
+        return error_result(recipient, "mcp", f"Error: no tool named {recipient!r} is available "
+                            f"in this conversation ({', '.join(tools.namespace_names) or 'no tools'}).")
+    run.assembler.tool_running(item)
+    result = await session.call(recipient, call.text)
+    run.assembler.tool_finished(item, result)
+    calls.made += 1
+    return result
