@@ -25,9 +25,7 @@ T = TypeVar("T")
 class Engine(Protocol):
     def generate(self, prompt_ids: list[int], sampling_params: SamplingParams, request_id: str, *,
                  detokenize: bool = True) -> AsyncIterator[StreamOutput]:
-        """Closing the stream before its last output aborts the request. detokenize=False leaves
-        new_text empty, for callers that parse the token ids themselves (harmony)."""
-        ...
+        """Closing the stream early aborts the request; detokenize=False leaves new_text empty."""
 
     async def abort(self, request_id: str) -> None: ...
 

@@ -128,8 +128,7 @@ async def health_generate(state: ServingState) -> Response:
     """200 when a one-token generation goes through the whole engine."""
     params = SamplingParams(max_new_tokens=1, temperature=0.0)
     try:
-        async for _ in state.generator.stream([state.tokenizer.encode("ping")[0]], params, new_id("health-"),
-                                              detokenize=False):
+        async for _ in state.generator.stream([state.tokenizer.encode("ping")[0]], params, new_id("health-")):
             pass
     except Exception as error:  # noqa: BLE001 - reported as unhealthy
         raise APIError(f"generation failed: {error}", status=503) from None

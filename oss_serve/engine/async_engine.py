@@ -1,6 +1,5 @@
 """The async engine API the HTTP server uses. The model runs in a separate process; this side
-tokenizes nothing, detokenizes incrementally (unless asked not to), and never blocks the event loop
-on a forward pass.
+tokenizes nothing, detokenizes incrementally, and never blocks the event loop on a forward pass.
 
     engine = AsyncEngine(server_args)
     await engine.start()                       # spawns the engine process, waits until it is ready

@@ -10,10 +10,10 @@ tools after `max_tool_calls` was reached and it was told so.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import time
 from contextlib import aclosing
-from dataclasses import dataclass
 
 from openai.types.responses import (
     ResponseCompletedEvent,
@@ -108,26 +108,23 @@ async def run_tool_loop(prepared: PreparedResponse, generator: Generator, contex
         log.close()
 
 
-@dataclass
-class _ToolCalls:
-    """The built-in / MCP calls of one response so far, against its max_tool_calls."""
-    made: int = 0
-    told_limit: bool = False
-
-
 async def _generate_until_done(prepared: PreparedResponse, generator: Generator, context_length: int,
                                session: ToolSession | None) -> None:
-    run = prepared.run
+    run, tools, request = prepared.run, prepared.tools, prepared.run.request
+    assert run.usage is not None
     prompt_ids = prepared.prompt_ids
-    calls = _ToolCalls()
-    step = 0
-    while True:
-        params = _step_params(prepared, prompt_ids, step, context_length)
-        if params is None:
+    tool_calls_made = 0
+    told_limit = False
+    for step in itertools.count():
+        budget = None if request.max_output_tokens is None else request.max_output_tokens - run.usage.output_tokens
+        room = context_length - len(prompt_ids)
+        if (budget is not None and budget <= 0) or room <= 0:
             run.status, run.incomplete_reason = "incomplete", "max_output_tokens"
             return
+        params = dataclasses.replace(prepared.sampling, max_new_tokens=room if budget is None else min(budget, room),
+                                     structured=prepared.first_reply_structured if step == 0
+                                     else prepared.sampling.structured)
         generated, messages, finish_reason = await _generate_step(prepared, generator, prompt_ids, params, step)
-        step += 1
         last = messages[-1] if messages else None
         if finish_reason == "length":
             run.status, run.incomplete_reason = "incomplete", "max_output_tokens"
@@ -136,33 +133,32 @@ async def _generate_until_done(prepared: PreparedResponse, generator: Generator,
             run.status = "completed"
             return
         # A built-in / MCP call (or a call to a tool this response lacks): answer it, go on.
-        result = await _answer_call(prepared, session, last, len(messages) - 1, calls)
-        if result is None:
-            run.status, run.incomplete_reason = "incomplete", "max_messages"
-            return
+        item = run.assembler.open_item(len(messages) - 1)
+        if request.max_tool_calls is not None and tool_calls_made >= request.max_tool_calls:
+            result = limit_message(last.recipient, request.max_tool_calls)
+            if item is not None and item.kind != "unknown_tool":
+                run.assembler.tool_running(item)
+                run.assembler.tool_finished(item, result, executed=False)
+            if told_limit:
+                run.status, run.incomplete_reason = "incomplete", "max_messages"
+                return
+            told_limit = True
+        elif item is None or item.kind == "unknown_tool" or session is None:
+            result = error_result(last.recipient, "mcp", f"Error: no tool named {last.recipient!r} is available "
+                                  f"in this conversation ({', '.join(tools.namespace_names) or 'no tools'}).")
+        else:
+            run.assembler.tool_running(item)
+            result = await session.call(last.recipient, last.text)
+            run.assembler.tool_finished(item, result)
+            tool_calls_made += 1
         tool_message = tool_result_message(result, channel=last.channel or render.ANALYSIS)
         run.conversation.messages.append(tool_message)
         prompt_ids = prompt_ids + continuation_ids(generated, tool_message)
 
 
-def _step_params(prepared: PreparedResponse, prompt_ids: list[int], step: int,
-                 context_length: int) -> SamplingParams | None:
-    """The sampling of the next step, None once max_output_tokens or the context is used up."""
-    request, usage = prepared.run.request, prepared.run.usage
-    assert usage is not None
-    budget = None if request.max_output_tokens is None else request.max_output_tokens - usage.output_tokens
-    room = context_length - len(prompt_ids)
-    if (budget is not None and budget <= 0) or room <= 0:
-        return None
-    return dataclasses.replace(prepared.sampling, max_new_tokens=room if budget is None else min(budget, room),
-                               structured=prepared.first_reply_structured if step == 0
-                               else prepared.sampling.structured)
-
-
 async def _generate_step(prepared: PreparedResponse, generator: Generator, prompt_ids: list[int],
                          params: SamplingParams, step: int) -> tuple[list[int], list[ParsedMessage], str | None]:
-    """One generation: its events go into the response, its messages into the conversation.
-    Returns the generated ids, the parsed messages and the engine's finish reason."""
+    """One generation, its events into the response, its messages into the conversation: (ids, messages, finish)."""
     run, tools = prepared.run, prepared.tools
     assert run.usage is not None
     parser = HarmonyOutputParser(function_names=tools.function_names,
@@ -190,28 +186,3 @@ async def _generate_step(prepared: PreparedResponse, generator: Generator, promp
         if item is not None and item.kind == "function_call":
             run.conversation.call_names[item.call_id] = message.function_name or ""
     return generated, parser.messages, finish_reason
-
-
-async def _answer_call(prepared: PreparedResponse, session: ToolSession | None, call: ParsedMessage,
-                       message_index: int, calls: _ToolCalls) -> ToolResult | None:
-    """What the model reads after its tool call; None when it called again after being told of the limit."""
-    run, tools, request = prepared.run, prepared.tools, prepared.run.request
-    recipient = call.recipient or ""
-    item = run.assembler.open_item(message_index)
-    if request.max_tool_calls is not None and calls.made >= request.max_tool_calls:
-        result = limit_message(recipient, request.max_tool_calls)
-        if item is not None and item.kind != "unknown_tool":
-            run.assembler.tool_running(item)
-            run.assembler.tool_finished(item, result, executed=False)
-        if calls.told_limit:
-            return None
-        calls.told_limit = True
-        return result
-    if item is None or item.kind == "unknown_tool" or session is None:
-        return error_result(recipient, "mcp", f"Error: no tool named {recipient!r} is available "
-                            f"in this conversation ({', '.join(tools.namespace_names) or 'no tools'}).")
-    run.assembler.tool_running(item)
-    result = await session.call(recipient, call.text)
-    run.assembler.tool_finished(item, result)
-    calls.made += 1
-    return result
