@@ -61,34 +61,41 @@ class ScriptedTokenSource:
         self.seen_prompts: list[list[int]] = []
         self.seen_params: list[SamplingParams] = []
 
-    async def generate(self, prompt_ids: list[int], params: SamplingParams,
-                       request_id: str) -> AsyncIterator[StreamOutput]:
+    async def generate(self, prompt_ids: list[int], params: SamplingParams, request_id: str, *,
+                       detokenize: bool = True) -> AsyncIterator[StreamOutput]:
+        """As the engine: no text unless asked (so a route that forgot to parse would show it), and a
+        stream closed before its last output aborts the request."""
         self.seen_prompts.append(list(prompt_ids))
         self.seen_params.append(params)
         script_ids = self.encoding.encode(self.script, allowed_special="all")
         produced: list[int] = []
-        for position in range(0, len(script_ids), 3):
-            await asyncio.sleep(0)
-            chunk = []
-            finish, matched = None, None
-            for token_id in script_ids[position:position + 3]:
-                chunk.append(token_id)
-                produced.append(token_id)
-                if token_id in params.stop_token_ids:
-                    finish, matched = "stop", token_id
-                    break
-                if len(produced) >= (params.max_new_tokens or 1 << 30):
-                    finish = "length"
-                    break
-            if finish is None and len(produced) == len(script_ids):
-                finish = "stop"
-            shown = [t for t in chunk if not (params.skip_special_tokens and t >= 199998)]
-            yield StreamOutput(request_id, chunk, self.encoding.decode(shown),
-                               [TokenLogprob(t, -0.5, ((t, -0.5),)) for t in chunk] if params.logprobs else None,
-                               len(prompt_ids), len(produced), 0, finished=finish is not None,
-                               finish_reason=finish, matched_stop=matched)
-            if finish is not None:
-                return
+        finish = None
+        try:
+            for position in range(0, len(script_ids), 3):
+                await asyncio.sleep(0)
+                chunk = []
+                matched = None
+                for token_id in script_ids[position:position + 3]:
+                    chunk.append(token_id)
+                    produced.append(token_id)
+                    if token_id in params.stop_token_ids:
+                        finish, matched = "stop", token_id
+                        break
+                    if len(produced) >= (params.max_new_tokens or 1 << 30):
+                        finish = "length"
+                        break
+                if finish is None and len(produced) == len(script_ids):
+                    finish = "stop"
+                shown = [t for t in chunk if not (params.skip_special_tokens and t >= 199998)]
+                yield StreamOutput(request_id, chunk, self.encoding.decode(shown) if detokenize else "",
+                                   [TokenLogprob(t, -0.5, ((t, -0.5),)) for t in chunk] if params.logprobs else None,
+                                   len(prompt_ids), len(produced), 0, finished=finish is not None,
+                                   finish_reason=finish, matched_stop=matched)
+                if finish is not None:
+                    return
+        finally:
+            if finish is None:
+                self.aborted.append(request_id)
 
     async def abort(self, request_id: str) -> None:
         self.aborted.append(request_id)
@@ -400,8 +407,8 @@ def test_cut_tool_call_keeps_the_engine_finish_reason(harmony_encoding) -> None:
 class FailingTokenSource(ScriptedTokenSource):
     """Produces one chunk, then fails as an engine bug would."""
 
-    async def generate(self, prompt_ids, params, request_id):
-        async for output in super().generate(prompt_ids, params, request_id):
+    async def generate(self, prompt_ids, params, request_id, *, detokenize=True):
+        async for output in super().generate(prompt_ids, params, request_id, detokenize=detokenize):
             yield dataclasses.replace(output, finished=False, finish_reason=None)
             raise RuntimeError("engine exploded")
 
@@ -461,3 +468,33 @@ def test_unforced_call_with_non_json_arguments_is_returned_as_written(harmony_en
         await sdk.responses.create(model=MODEL, previous_response_id=response.id, tools=[RESPONSES_WEATHER], input=[
             {"type": "function_call_output", "call_id": response.output[-1].call_id, "output": "sunny"}])
     run(go())
+
+
+def test_leaving_a_stream_early_aborts_its_requests_at_once(harmony_encoding) -> None:
+    """A client gone mid-stream or a cancelled handler frees the requests' KV pages right away (the engine's
+    streams are closed then, not when they are garbage collected), and metrics count them as aborted."""
+    engine = ScriptedTokenSource(harmony_encoding)
+    metrics = ServerMetrics(engine.stats)
+    generator = Generator(engine, [metrics])
+    params = SamplingParams(max_new_tokens=100)
+
+    async def go() -> tuple[list[str], list[str]]:
+        left = generator.merged([([1, 2], params, "left")], detokenize=False)
+        await anext(left)
+        await left.aclose()
+        aborted_on_close = list(engine.aborted)
+
+        async def consume() -> None:
+            async for _ in generator.merged([([1], params, "a"), ([2], params, "b")]):
+                pass
+
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(0)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return aborted_on_close, list(engine.aborted)
+
+    aborted_on_close, aborted = run(go())
+    assert aborted_on_close == ["left"]
+    assert sorted(aborted) == ["a", "b", "left"]
+    assert 'requests_finished_total{finish_reason="abort"} 3.0' in metrics.render().decode()

@@ -38,6 +38,11 @@ def test_streams_match_offline_and_abort_frees_pages(tiny_ckpt: Path) -> None:
                 assert all(len(o.new_token_ids) <= 3 for o in stream)  # stream_interval
                 assert stream[-1].completion_tokens == 10 and stream[-1].prompt_tokens == len(expected.prompt_token_ids)
 
+            # Callers that parse the ids themselves (chat, Responses) get the same tokens and no text.
+            bare = [o async for o in engine.generate(prompts[0], params, "bare", detokenize=False)]
+            assert [t for o in bare for t in o.new_token_ids] == offline[0].token_ids
+            assert all(o.new_text == "" for o in bare) and bare[-1].finish_reason == "length"
+
             # Abort mid-stream: the stream ends with "abort" and the engine holds no request pages.
             long_params = SamplingParams(max_new_tokens=2000, temperature=0, ignore_eos=True)
             seen = []

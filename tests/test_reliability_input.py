@@ -290,9 +290,9 @@ def test_queue_limit_refuses_with_503_and_retry_after_and_health_stays_up(harmon
             super().__init__(harmony_encoding)
             self.release = asyncio.Event()
 
-        async def generate(self, *args: Any):  # type: ignore[override]
+        async def generate(self, *args: Any, detokenize: bool = True):  # type: ignore[override]
             await self.release.wait()
-            async for output in super().generate(*args):
+            async for output in super().generate(*args, detokenize=detokenize):
                 yield output
 
         def stats(self) -> EngineStats:

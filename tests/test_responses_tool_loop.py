@@ -77,8 +77,8 @@ class ScriptedModelDouble:
             best = max(best, shared)
         return min(best, len(prompt) - 1)
 
-    async def generate(self, prompt_ids: list[int], params: SamplingParams,
-                       request_id: str) -> AsyncIterator[StreamOutput]:
+    async def generate(self, prompt_ids: list[int], params: SamplingParams, request_id: str, *,
+                       detokenize: bool = True) -> AsyncIterator[StreamOutput]:
         self.prompts.append(list(prompt_ids))
         self.params.append(params)
         cached = self._cached(prompt_ids)

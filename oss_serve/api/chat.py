@@ -174,8 +174,9 @@ async def create_chat_completion(request: ChatCompletionRequest, http_request: R
                                                                  created, usage)),
                                  media_type="text/event-stream")
 
+    # The harmony parser makes the text from the token ids: the engine client's detokenizer would be wasted.
     await collect_until_disconnected(state.generator, jobs, lambda index, output: choices[index].add(output),
-                                     http_request.is_disconnected)
+                                     http_request.is_disconnected, detokenize=False)
     response = ChatCompletion(
         id=completion_id, object="chat.completion", created=created, model=state.model_name,
         choices=[_final_choice(index, choice, request.logprobs, state.tokenizer)
@@ -235,7 +236,7 @@ async def _stream_events(request: ChatCompletionRequest, state: ServingState,
     stream_reasoning = request.stream_reasoning
     for index in range(len(choices)):
         yield chunk(index, chunk_types.ChoiceDelta(role="assistant", content=""))
-    async for index, output in state.generator.merged(jobs):
+    async for index, output in state.generator.merged(jobs, detokenize=False):  # the parser makes the text
         choice = choices[index]
         parts = choice.add(output)
         if not parts.empty() and (parts.content or parts.tool_calls or stream_reasoning):

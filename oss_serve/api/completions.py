@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -87,21 +87,9 @@ async def create_completion(request: CompletionRequest, http_request: Request,
     if request.best_of is not None and request.best_of != request.n:
         raise APIError(f"best_of ({request.best_of}) other than n ({request.n}) is not supported: every "
                        "sequence generated is returned.", param="best_of")
-    jobs: list[tuple[list[int], SamplingParams, str]] = []
-    choices: list[_Choice] = []
     completion_id = new_id("cmpl-")
     name_request(completion_id)
-    for prompt_ids, prompt_text in _prompts(request, state.tokenizer, state.vocab_size):
-        max_new_tokens = resolve_max_new_tokens(len(prompt_ids), request.max_tokens, state.context_length,
-                                                prompt_param="prompt")
-        for choice_number in range(request.n):
-            params = build_sampling_params(request, state.default_params, max_new_tokens=max_new_tokens,
-                                           vocab_size=state.vocab_size, seed_offset=choice_number,
-                                           logprobs=request.logprobs is not None,
-                                           top_logprobs=request.logprobs or 0,
-                                           skip_special_tokens=request.skip_special_tokens)
-            jobs.append((prompt_ids, params, f"{completion_id}-{len(jobs)}"))
-            choices.append(_Choice(prompt_ids, prompt_text if request.echo else ""))
+    jobs, choices = _jobs(request, state, completion_id)
     created = int(time.time())
     model = state.model_name
 
@@ -114,27 +102,8 @@ async def create_completion(request: CompletionRequest, http_request: Request,
                           sum(c.cached_tokens for c in choices), 0)
 
     if request.stream:
-        include_usage = bool(request.stream_options and request.stream_options.include_usage)
-
-        async def events() -> AsyncIterator[bytes]:
-            for index, choice in enumerate(choices):
-                if choice.echo_text:
-                    yield sse_data(envelope([_choice_object(index, choice.echo_text, None, None, None)]))
-            async for index, output in state.generator.merged(jobs):
-                choice = choices[index]
-                text_offset = len(choice.echo_text) + len(choice.text)
-                choice.add(output)
-                logprobs = (_completion_logprobs(output.new_logprobs or [], state.tokenizer, text_offset)
-                            if request.logprobs is not None else None)
-                if output.new_text or logprobs or output.finished:
-                    yield sse_data(envelope([_choice_object(
-                        index, output.new_text, logprobs,
-                        choice.finish_reason if output.finished else None,
-                        choice.matched_stop if output.finished else None)]))
-            if include_usage:
-                yield sse_data(envelope([], usage=usage()))
-
-        return StreamingResponse(ending_with_done(events()), media_type="text/event-stream")
+        return StreamingResponse(ending_with_done(_stream_events(request, state, jobs, choices, envelope, usage)),
+                                 media_type="text/event-stream")
 
     await collect_until_disconnected(state.generator, jobs, lambda index, output: choices[index].add(output),
                                      http_request.is_disconnected)
@@ -146,3 +115,43 @@ async def create_completion(request: CompletionRequest, http_request: Request,
                                              choice.finish_reason, choice.matched_stop))
     response = envelope(choice_objects, usage=usage(), metadata={"weight_version": state.weight_version})
     return JSONResponse(response.model_dump(mode="json", exclude_unset=True))
+
+
+def _jobs(request: CompletionRequest, state: ServingState, completion_id: str
+          ) -> tuple[list[tuple[list[int], SamplingParams, str]], list[_Choice]]:
+    """An engine request for each choice of each prompt, and the choice that collects its outputs."""
+    jobs: list[tuple[list[int], SamplingParams, str]] = []
+    choices: list[_Choice] = []
+    for prompt_ids, prompt_text in _prompts(request, state.tokenizer, state.vocab_size):
+        max_new_tokens = resolve_max_new_tokens(len(prompt_ids), request.max_tokens, state.context_length,
+                                                prompt_param="prompt")
+        for choice_number in range(request.n):
+            params = build_sampling_params(request, state.default_params, max_new_tokens=max_new_tokens,
+                                           vocab_size=state.vocab_size, seed_offset=choice_number,
+                                           logprobs=request.logprobs is not None,
+                                           top_logprobs=request.logprobs or 0,
+                                           skip_special_tokens=request.skip_special_tokens)
+            jobs.append((prompt_ids, params, f"{completion_id}-{len(jobs)}"))
+            choices.append(_Choice(prompt_ids, prompt_text if request.echo else ""))
+    return jobs, choices
+
+
+async def _stream_events(request: CompletionRequest, state: ServingState,
+                         jobs: list[tuple[list[int], SamplingParams, str]], choices: list[_Choice],
+                         envelope: Callable[..., Completion], usage: Callable[[], object]) -> AsyncIterator[bytes]:
+    for index, choice in enumerate(choices):
+        if choice.echo_text:
+            yield sse_data(envelope([_choice_object(index, choice.echo_text, None, None, None)]))
+    async for index, output in state.generator.merged(jobs):
+        choice = choices[index]
+        text_offset = len(choice.echo_text) + len(choice.text)
+        choice.add(output)
+        logprobs = (_completion_logprobs(output.new_logprobs or [], state.tokenizer, text_offset)
+                    if request.logprobs is not None else None)
+        if output.new_text or logprobs or output.finished:
+            yield sse_data(envelope([_choice_object(
+                index, output.new_text, logprobs,
+                choice.finish_reason if output.finished else None,
+                choice.matched_stop if output.finished else None)]))
+    if request.stream_options and request.stream_options.include_usage:
+        yield sse_data(envelope([], usage=usage()))

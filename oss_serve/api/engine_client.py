@@ -1,14 +1,15 @@
 """The server's view of the engine, and the per-request plumbing around it.
 
 The server only needs: generate (an async stream of StreamOutput), abort, stats. Whatever
-ends a request early (client gone, handler cancelled, error) aborts it in the engine so its
-KV pages are freed at once.
+ends a request early (client gone, handler cancelled, error) closes the engine's stream, and the
+engine's generate aborts the request there, so its KV pages are freed at once.
 """
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -22,8 +23,9 @@ T = TypeVar("T")
 
 
 class Engine(Protocol):
-    def generate(self, prompt_ids: list[int], sampling_params: SamplingParams,
-                 request_id: str) -> AsyncIterator[StreamOutput]: ...
+    def generate(self, prompt_ids: list[int], sampling_params: SamplingParams, request_id: str, *,
+                 detokenize: bool = True) -> AsyncIterator[StreamOutput]:
+        """Closing the stream early aborts the request; detokenize=False leaves new_text empty."""
 
     async def abort(self, request_id: str) -> None: ...
 
@@ -48,55 +50,51 @@ class Generator:
     engine: Engine
     observers: list[RequestObserver] = field(default_factory=list)
 
-    async def stream(self, prompt_ids: list[int], params: SamplingParams,
-                     request_id: str) -> AsyncIterator[StreamOutput]:
-        """The engine's outputs for one request; leaving early aborts the request."""
+    async def stream(self, prompt_ids: list[int], params: SamplingParams, request_id: str, *,
+                     detokenize: bool = True) -> AsyncIterator[StreamOutput]:
+        """The engine's outputs for one request. Leaving early aborts the request: the engine's generate
+        does, and this closes it at once rather than whenever it is garbage collected."""
         started_at = previous_at = time.monotonic()
         finished = False
         record = current_record()
+        outputs = self.engine.generate(prompt_ids, params, request_id, detokenize=detokenize)
         try:
-            async for output in self._checked(self.engine.generate(prompt_ids, params, request_id)):
-                if record is not None:
-                    record.observe(request_id, output)
-                for observer in self.observers:
-                    observer.on_output(output, started_at=started_at, previous_at=previous_at)
-                previous_at = time.monotonic()
-                if output.error:  # refused by the engine (400), failed in a step (500), or no engine (503)
-                    finished = True
-                    message = f"The engine failed: {output.error}" if output.error_status == 503 else output.error
-                    raise APIError(message[:1].upper() + message[1:], status=output.error_status)
-                finished = output.finished
-                yield output
-                if finished:
-                    return
+            async with aclosing(outputs):
+                async for output in outputs:
+                    if record is not None:
+                        record.observe(request_id, output)
+                    for observer in self.observers:
+                        observer.on_output(output, started_at=started_at, previous_at=previous_at)
+                    previous_at = time.monotonic()
+                    if output.error:  # refused by the engine (400), failed in a step (500), or no engine (503)
+                        finished = True
+                        message = f"The engine failed: {output.error}" if output.error_status == 503 else output.error
+                        raise APIError(message[:1].upper() + message[1:], status=output.error_status)
+                    finished = output.finished
+                    yield output
+                    if finished:
+                        return
+        except ValueError as error:  # how the engine refuses a request it cannot run: a bad request
+            raise APIError(str(error)) from None
         finally:
             if not finished:
                 for observer in self.observers:
                     observer.on_abort(request_id)
-                await asyncio.shield(self.engine.abort(request_id))
 
-    @staticmethod
-    async def _checked(outputs: AsyncIterator[StreamOutput]) -> AsyncIterator[StreamOutput]:
-        """The engine rejects a request it cannot run with ValueError: that is a bad request."""
-        try:
-            async for output in outputs:
-                yield output
-        except ValueError as error:
-            raise APIError(str(error)) from None
-
-    async def merged(self, prompts: Sequence[tuple[list[int], SamplingParams, str]]
+    async def merged(self, prompts: Sequence[tuple[list[int], SamplingParams, str]], *, detokenize: bool = True
                      ) -> AsyncIterator[tuple[int, StreamOutput]]:
         """Several requests at once (n > 1, batched prompts), outputs tagged with their index,
         in arrival order."""
         if len(prompts) == 1:
-            async for output in self.stream(*prompts[0]):
-                yield 0, output
+            async with aclosing(self.stream(*prompts[0], detokenize=detokenize)) as outputs:
+                async for output in outputs:
+                    yield 0, output
             return
         queue: asyncio.Queue[tuple[int, StreamOutput | BaseException | None]] = asyncio.Queue()
 
         async def pump(index: int, prompt: tuple[list[int], SamplingParams, str]) -> None:
             try:
-                async for output in self.stream(*prompt):
+                async for output in self.stream(*prompt, detokenize=detokenize):
                     await queue.put((index, output))
                 await queue.put((index, None))
             except BaseException as error:  # noqa: BLE001 - handed to the consumer
@@ -122,11 +120,12 @@ class Generator:
 async def collect_until_disconnected(generator: Generator,
                                      prompts: Sequence[tuple[list[int], SamplingParams, str]],
                                      add: Callable[[int, StreamOutput], object],
-                                     is_disconnected: Callable[[], Awaitable[bool]]) -> None:
+                                     is_disconnected: Callable[[], Awaitable[bool]], *,
+                                     detokenize: bool = True) -> None:
     """Feed every output of `prompts` to `add(index, output)`; cancelled (requests aborted) if the
     client goes away first. The non-streamed body of every generation endpoint."""
     async def collect() -> None:
-        async for index, output in generator.merged(prompts):
+        async for index, output in generator.merged(prompts, detokenize=detokenize):
             add(index, output)
 
     await until_disconnected(collect(), is_disconnected)

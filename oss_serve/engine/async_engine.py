@@ -5,6 +5,7 @@ tokenizes nothing, detokenizes incrementally, and never blocks the event loop on
     await engine.start()                       # spawns the engine process, waits until it is ready
     async for out in engine.generate(prompt_ids, params, request_id):   # AsyncIterator[StreamOutput]
         ...                                    # new_token_ids + new_text per increment; last has finished=True
+    engine.generate(..., detokenize=False)     # new_text stays "": for callers that parse the ids themselves
     await engine.abort(request_id)             # frees the request's KV pages at once; its stream ends "abort"
     engine.stats() -> EngineStats              # num_running, num_waiting, kv_usage, pool sizes, engine_alive
     engine.info -> EngineInfo                  # context_length, eos ids, pool sizes, default params
@@ -15,7 +16,8 @@ tokenizes nothing, detokenizes incrementally, and never blocks the event loop on
 - `generate` raises ValueError on its first iteration for a prompt longer than the context
   length (the message gives both numbers), an empty prompt, invalid params, or n > 1 (the
   server submits n requests; `oss_serve.engine.llm.expand_n` makes the copies).
-- Leaving the `async for` early aborts the request.
+- Leaving the `async for` early aborts the request: at once if the caller closes the stream
+  (`contextlib.aclosing`) or is cancelled while it waits, else when the stream is garbage collected.
 - If the engine process dies, every open stream ends with one StreamOutput whose `error` is set,
   and later `generate` calls yield such an output at once.
 """
@@ -65,7 +67,7 @@ _LIVENESS_POLL_MS = 500
 class _Stream:
     request_id: str  # the caller's id; the engine knows the stream by a fresh id of its own
     queue: asyncio.Queue[StreamOutput]
-    detokenizer: IncrementalDetokenizer
+    detokenizer: IncrementalDetokenizer | None
 
 
 class AsyncEngine:
@@ -147,8 +149,8 @@ class AsyncEngine:
             return f"the engine process exited with code {self._process.returncode}"
         return None
 
-    async def generate(self, prompt_ids: list[int], params: SamplingParams,
-                       request_id: str) -> AsyncIterator[StreamOutput]:
+    async def generate(self, prompt_ids: list[int], params: SamplingParams, request_id: str, *,
+                       detokenize: bool = True) -> AsyncIterator[StreamOutput]:
         if self.info is None:
             raise RuntimeError("AsyncEngine.start() has not been awaited")
         validate_prompt(prompt_ids, self.info.context_length, self.info.vocab_size)
@@ -161,7 +163,8 @@ class AsyncEngine:
             yield self._error_output(request_id, len(prompt_ids), self._dead)
             return
         engine_id = f"{request_id}#{uuid.uuid4().hex[:8]}"
-        stream = _Stream(request_id, asyncio.Queue(), IncrementalDetokenizer(self.tokenizer, params))
+        detokenizer = IncrementalDetokenizer(self.tokenizer, params) if detokenize else None
+        stream = _Stream(request_id, asyncio.Queue(), detokenizer)
         self._streams[engine_id] = stream
         self._engine_ids[request_id] = engine_id
         finished = False
@@ -176,7 +179,8 @@ class AsyncEngine:
             if not finished:
                 self._streams.pop(engine_id, None)
                 if self._dead is None:
-                    await self._to_engine.send_pyobj(AbortRequest(engine_id))
+                    # Shielded: a second cancellation of the caller must not lose the abort (and the pages).
+                    await asyncio.shield(self._to_engine.send_pyobj(AbortRequest(engine_id)))
 
     async def abort(self, request_id: str) -> None:
         engine_id = self._engine_ids.get(request_id)
@@ -259,7 +263,8 @@ class AsyncEngine:
             output = self._error_output(stream.request_id, delta.prompt_tokens, delta.error)
             output.error_status = delta.error_status
         else:
-            text = stream.detokenizer.feed(delta.new_token_ids, delta.finished, delta.matched_stop)
+            text = ("" if stream.detokenizer is None
+                    else stream.detokenizer.feed(delta.new_token_ids, delta.finished, delta.matched_stop))
             output = StreamOutput(
                 request_id=stream.request_id, new_token_ids=delta.new_token_ids, new_text=text,
                 new_logprobs=delta.new_logprobs, prompt_tokens=delta.prompt_tokens,

@@ -10,8 +10,10 @@ tools after `max_tool_calls` was reached and it was told so.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import time
+from contextlib import aclosing
 
 from openai.types.responses import (
     ResponseCompletedEvent,
@@ -26,6 +28,7 @@ from oss_serve.api.engine_client import Generator
 from oss_serve.api.errors import APIError
 from oss_serve.api.responses.prepare import PreparedResponse
 from oss_serve.api.responses.response_run import TokenUsage
+from oss_serve.engine.sampling_params import SamplingParams
 from oss_serve.harmony import encoding as harmony_ids
 from oss_serve.harmony import render
 from oss_serve.harmony.encoding import get_harmony_encoding
@@ -112,10 +115,8 @@ async def _generate_until_done(prepared: PreparedResponse, generator: Generator,
     prompt_ids = prepared.prompt_ids
     tool_calls_made = 0
     told_limit = False
-    step = 0
-    while True:
-        spent = run.usage.output_tokens
-        budget = None if request.max_output_tokens is None else request.max_output_tokens - spent
+    for step in itertools.count():
+        budget = None if request.max_output_tokens is None else request.max_output_tokens - run.usage.output_tokens
         room = context_length - len(prompt_ids)
         if (budget is not None and budget <= 0) or room <= 0:
             run.status, run.incomplete_reason = "incomplete", "max_output_tokens"
@@ -123,29 +124,8 @@ async def _generate_until_done(prepared: PreparedResponse, generator: Generator,
         params = dataclasses.replace(prepared.sampling, max_new_tokens=room if budget is None else min(budget, room),
                                      structured=prepared.first_reply_structured if step == 0
                                      else prepared.sampling.structured)
-        parser = HarmonyOutputParser(function_names=tools.function_names,
-                                     builtin_namespaces=(*DEFAULT_BUILTIN_NAMESPACES, *tools.namespace_names))
-        run.assembler.next_step()
-        parser.start_assistant_reply()
-        generated: list[int] = []
-        finish_reason = None
-        async for output in generator.stream(prompt_ids, params, f"{run.response_id}-{step}"):
-            generated.extend(output.new_token_ids)
-            run.assembler.on_parse_events(parser.feed(output.new_token_ids))
-            if output.finished:
-                finish_reason = output.finish_reason
-                run.usage.input_tokens += output.prompt_tokens
-                run.usage.cached_tokens += output.cached_tokens
-                run.usage.output_tokens += output.completion_tokens
-        run.assembler.on_parse_events(parser.finish())
-        run.usage.reasoning_tokens += sum(message.token_count for message in parser.messages if message.is_reasoning)
-        run.conversation.messages.extend(parsed_to_harmony(message) for message in parser.messages)
-        for index, message in enumerate(parser.messages):
-            item = run.assembler.open_item(index)
-            if item is not None and item.kind == "function_call":
-                run.conversation.call_names[item.call_id] = message.function_name or ""
-        step += 1
-        last = parser.messages[-1] if parser.messages else None
+        generated, messages, finish_reason = await _generate_step(prepared, generator, prompt_ids, params, step)
+        last = messages[-1] if messages else None
         if finish_reason == "length":
             run.status, run.incomplete_reason = "incomplete", "max_output_tokens"
             return
@@ -153,7 +133,7 @@ async def _generate_until_done(prepared: PreparedResponse, generator: Generator,
             run.status = "completed"
             return
         # A built-in / MCP call (or a call to a tool this response lacks): answer it, go on.
-        item = run.assembler.open_item(len(parser.messages) - 1)
+        item = run.assembler.open_item(len(messages) - 1)
         if request.max_tool_calls is not None and tool_calls_made >= request.max_tool_calls:
             result = limit_message(last.recipient, request.max_tool_calls)
             if item is not None and item.kind != "unknown_tool":
@@ -174,3 +154,35 @@ async def _generate_until_done(prepared: PreparedResponse, generator: Generator,
         tool_message = tool_result_message(result, channel=last.channel or render.ANALYSIS)
         run.conversation.messages.append(tool_message)
         prompt_ids = prompt_ids + continuation_ids(generated, tool_message)
+
+
+async def _generate_step(prepared: PreparedResponse, generator: Generator, prompt_ids: list[int],
+                         params: SamplingParams, step: int) -> tuple[list[int], list[ParsedMessage], str | None]:
+    """One generation, its events into the response, its messages into the conversation: (ids, messages, finish)."""
+    run, tools = prepared.run, prepared.tools
+    assert run.usage is not None
+    parser = HarmonyOutputParser(function_names=tools.function_names,
+                                 builtin_namespaces=(*DEFAULT_BUILTIN_NAMESPACES, *tools.namespace_names))
+    run.assembler.next_step()
+    parser.start_assistant_reply()
+    generated: list[int] = []
+    finish_reason = None
+    # The parser makes the text from the token ids: the engine client's detokenizer would be wasted.
+    outputs = generator.stream(prompt_ids, params, f"{run.response_id}-{step}", detokenize=False)
+    async with aclosing(outputs):
+        async for output in outputs:
+            generated.extend(output.new_token_ids)
+            run.assembler.on_parse_events(parser.feed(output.new_token_ids))
+            if output.finished:
+                finish_reason = output.finish_reason
+                run.usage.input_tokens += output.prompt_tokens
+                run.usage.cached_tokens += output.cached_tokens
+                run.usage.output_tokens += output.completion_tokens
+    run.assembler.on_parse_events(parser.finish())
+    run.usage.reasoning_tokens += sum(message.token_count for message in parser.messages if message.is_reasoning)
+    run.conversation.messages.extend(parsed_to_harmony(message) for message in parser.messages)
+    for index, message in enumerate(parser.messages):
+        item = run.assembler.open_item(index)
+        if item is not None and item.kind == "function_call":
+            run.conversation.call_names[item.call_id] = message.function_name or ""
+    return generated, parser.messages, finish_reason
