@@ -22,6 +22,7 @@ from oss_serve.api.app import build_app
 from oss_serve.api.engine_client import Generator
 from oss_serve.api.errors import APIError
 from oss_serve.api.metrics import ServerMetrics
+from oss_serve.api.responses.service import ResponsesService
 from oss_serve.api.state import ServingState
 from oss_serve.server_args import ServerArgs
 
@@ -105,13 +106,14 @@ async def serve(args: ServerArgs) -> int:
     """Runs until SIGTERM (returns 0) or the engine dies (returns EXIT_ENGINE_DIED)."""
     engine = _create_engine(args)
     await engine.start()
-    app = None
+    responses = None
     try:
         state = build_state(args, engine)
         metrics = ServerMetrics(engine.stats) if args.enable_metrics else None
         if metrics is not None:
             state.generator.observers.append(metrics)
-        app = build_app(state, metrics)
+        responses = ResponsesService(state)  # owns the --tool-server tools: started below, stopped at exit
+        app = build_app(state, metrics, responses)
         config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                                 timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS, lifespan="off",
                                 access_log=False)  # oss_serve.access logs each request, with its tokens
@@ -125,7 +127,7 @@ async def serve(args: ServerArgs) -> int:
                     raise RuntimeError("the HTTP server stopped before it started")
                 await asyncio.sleep(0.05)
             watchdog = asyncio.create_task(_stop_when_engine_dies(engine, server))
-            await _start_tool_servers(app)
+            await _start_tool_servers(responses)
             await _warm_up(args)
             state.ready = True
             logger.info(READY_LINE)
@@ -141,17 +143,17 @@ async def serve(args: ServerArgs) -> int:
             await asyncio.gather(*tasks, return_exceptions=True)
     finally:
         try:
-            if app is not None:
-                await app.state.responses.aclose()  # the --tool-server processes/connections and the store
+            if responses is not None:
+                await responses.aclose()  # the --tool-server processes/connections and the store
         finally:
             await engine.shutdown()
 
 
-async def _start_tool_servers(app: Any) -> None:
+async def _start_tool_servers(responses: ResponsesService) -> None:
     """Start the --tool-server tools now, so a wrong address shows at launch. One that is not up yet
     (started after this server, say) is not fatal: /v1/responses retries on each request until it is."""
     try:
-        await app.state.responses.server_tools()
+        await responses.server_tools()
     except APIError as error:
         logger.warning("%s; /v1/responses retries on each request until they start.", error.message)
 

@@ -24,6 +24,7 @@ from oss_serve.api.protocol import (
     SeparateReasoningRequest,
 )
 from oss_serve.api.responses.routes import install_responses_api
+from oss_serve.api.responses.service import ResponsesService
 from oss_serve.api.state import ServingState
 from oss_serve.api.unicode_check import refuse_lone_surrogates
 from oss_serve.engine.messages import EngineStats
@@ -150,12 +151,15 @@ def _route_label(scope: Scope) -> str:
     return path if path in KNOWN_PATHS else "other"
 
 
-def build_app(state: ServingState, metrics: ServerMetrics | None = None) -> FastAPI:
+def build_app(state: ServingState, metrics: ServerMetrics | None = None,
+              responses: ResponsesService | None = None) -> FastAPI:
+    """The HTTP app over `state`. `responses` is the Responses API's service when the caller owns it (the
+    server starts and stops its tool servers); otherwise one is made."""
     app = FastAPI(title="oss-serve", docs_url=None, redoc_url=None, openapi_url=None,
                   dependencies=[Depends(refuse_lone_surrogates)])
     app.state.serving = state
     install_error_handlers(app)
-    install_responses_api(app, state)
+    install_responses_api(app, responses or ResponsesService(state))
     _add_openai_routes(app, state)
     _add_native_routes(app, state)
     if metrics is not None:

@@ -14,8 +14,10 @@ tokenizes nothing, detokenizes incrementally, and never blocks the event loop on
     await engine.shutdown()
 
 - `generate` raises ValueError on its first iteration for a prompt longer than the context
-  length (the message gives both numbers), an empty prompt, invalid params, or n > 1 (the
-  server submits n requests; `oss_serve.engine.llm.expand_n` makes the copies).
+  length (the message gives both numbers), an empty prompt, or n > 1 (the server submits n
+  requests; `oss_serve.engine.llm.expand_n` makes the copies). Out-of-range params are refused
+  by the engine process: the stream's one output carries the error (status 400). The API checks
+  them first, naming the request's field.
 - Leaving the `async for` early aborts the request: at once if the caller closes the stream
   (`contextlib.aclosing`) or is cancelled while it waits, else when the stream is garbage collected.
 - If the engine process dies, every open stream ends with one StreamOutput whose `error` is set,
@@ -154,7 +156,6 @@ class AsyncEngine:
         if self.info is None:
             raise RuntimeError("AsyncEngine.start() has not been awaited")
         validate_prompt(prompt_ids, self.info.context_length, self.info.vocab_size)
-        params.validate(self.info.vocab_size)
         if params.n != 1:
             raise ValueError("AsyncEngine.generate runs one sample; submit n requests for n > 1")
         if request_id in self._engine_ids:

@@ -16,21 +16,17 @@ from oss_serve.api.responses.request import ResponsesRequest
 from oss_serve.api.responses.response_run import ResponseRun
 from oss_serve.api.responses.service import ResponsesService
 from oss_serve.api.responses.store import ResponseStoreError
-from oss_serve.api.state import ServingState
 
 
-def install_responses_api(app: FastAPI, state: ServingState, service: ResponsesService | None = None
-                          ) -> ResponsesService:
-    """Adds the /v1/responses routes to `app`; the service is kept as `app.state.responses`."""
-    service = service or ResponsesService(state)
+def install_responses_api(app: FastAPI, service: ResponsesService) -> None:
+    """Adds the /v1/responses routes to `app`; the service is also kept as `app.state.responses`, for tests to
+    look into."""
     app.include_router(build_router(service))
     app.state.responses = service
 
     @app.exception_handler(ResponseStoreError)
     async def _store_unavailable(_: Request, error: ResponseStoreError) -> JSONResponse:
         return error_response(APIError(str(error), status=503, code="response_store_unavailable"))
-
-    return service
 
 
 def _event_stream(run: ResponseRun, starting_after: int | None = None, *,
@@ -52,18 +48,18 @@ def build_router(service: ResponsesService) -> APIRouter:
 
     @router.post("/v1/responses")
     async def create_response(body: ResponsesRequest, request: Request) -> Response:
-        prepared = await service.prepare(body)
-        name_request(prepared.run.response_id)
-        run = service.register(prepared)
+        loop = await service.open(body)
+        run = service.register(loop)
+        name_request(run.response_id)
         if body.background:
-            service.start_in_background(prepared)
+            service.start_in_background(loop)
             if body.stream:
                 return _event_stream(run, cancel_on_disconnect=False)
             return JSONResponse(run.snapshot().model_dump(mode="json", exclude_unset=True, by_alias=True))
         if body.stream:
-            service.start_in_background(prepared)
+            service.start_in_background(loop)
             return _event_stream(run, cancel_on_disconnect=True)
-        await until_disconnected(service.execute(prepared), request.is_disconnected)
+        await until_disconnected(service.execute(loop), request.is_disconnected)
         return JSONResponse(run.snapshot().model_dump(mode="json", exclude_unset=True, by_alias=True))
 
     @router.get("/v1/responses/{response_id}")

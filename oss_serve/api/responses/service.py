@@ -13,11 +13,11 @@ from openai.types.responses import ResponseCreatedEvent
 
 from oss_serve.api.errors import APIError
 from oss_serve.api.responses.conversation import ConversationState
-from oss_serve.api.responses.prepare import PreparedResponse, prepare_response
+from oss_serve.api.responses.prepare import prepare_response
 from oss_serve.api.responses.request import ResponsesRequest
 from oss_serve.api.responses.response_run import ResponseRun
 from oss_serve.api.responses.store import ResponseStore, ResponseStoreError
-from oss_serve.api.responses.tool_loop import run_tool_loop
+from oss_serve.api.responses.tool_loop import ToolLoop
 from oss_serve.api.state import ServingState
 from oss_serve.tools.base import ToolServer
 from oss_serve.tools.factory import build_tool_server
@@ -79,11 +79,14 @@ class ResponsesService:
 
     # --- creating ---
 
-    async def prepare(self, request: ResponsesRequest) -> PreparedResponse:
+    async def open(self, request: ResponsesRequest) -> ToolLoop:
+        """A checked request with its tools connected and its run made; nothing runs yet."""
         previous = None
         if request.previous_response_id:
             previous = self.conversation_of(request.previous_response_id)
-        return await prepare_response(request, self.state, await self.server_tools(), previous)
+        loop = ToolLoop(prepare_response(request, self.state, previous), self.state)
+        await loop.open(await self.server_tools())
+        return loop
 
     def conversation_of(self, response_id: str) -> ConversationState:
         live = self.runs.get(response_id)
@@ -96,8 +99,9 @@ class ResponsesService:
                            code="previous_response_not_found")
         return ConversationState.from_json(stored.conversation_json)
 
-    def register(self, prepared: PreparedResponse) -> ResponseRun:
-        run = prepared.run
+    def register(self, loop: ToolLoop) -> ResponseRun:
+        run = loop.run
+        assert run is not None
         run.input_items = [_with_id(item) for item in run.input_items]
         self.runs[run.response_id] = run
         self._forget_old_runs()
@@ -106,18 +110,21 @@ class ResponsesService:
             self.persist(run)
         return run
 
-    async def execute(self, prepared: PreparedResponse) -> None:
+    async def execute(self, loop: ToolLoop) -> None:
         """Runs the loop; the outcome (including a cancellation) is stored."""
+        run = loop.run
+        assert run is not None
         try:
-            await run_tool_loop(prepared, self.state.generator, self.state.context_length)
+            await loop.run_to_end()
         finally:
-            self.persist(prepared.run)
-            if not prepared.run.request.store:
-                self.runs.pop(prepared.run.response_id, None)  # nothing to retrieve later
+            self.persist(run)
+            if not run.request.store:
+                self.runs.pop(run.response_id, None)  # nothing to retrieve later
 
-    def start_in_background(self, prepared: PreparedResponse) -> asyncio.Task[None]:
-        prepared.run.task = asyncio.create_task(self.execute(prepared))
-        return prepared.run.task
+    def start_in_background(self, loop: ToolLoop) -> asyncio.Task[None]:
+        assert loop.run is not None
+        loop.run.task = asyncio.create_task(self.execute(loop))
+        return loop.run.task
 
     def persist(self, run: ResponseRun) -> None:
         """Saves the run if it asked to be stored. A broken store costs the stored copy, not the
