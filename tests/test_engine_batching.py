@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from contiguous_reference import generate_ids
 
 from oss_serve import LLM, SamplingParams
 from oss_serve.engine.radix_cache import NO_PAGE
-from oss_serve.generate import generate_ids
 
 GREEDY = SamplingParams(max_new_tokens=8, temperature=0, ignore_eos=True)
 

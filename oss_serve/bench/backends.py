@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,7 +131,7 @@ class NativeBackend(Backend):
         return StreamUpdate(text=str(body.get("text", "")), output_tokens=tokens, done=True)
 
 
-# --- OpenAI /v1/completions ---------------------------------------------------------------------
+# --- OpenAI /v1/completions and /v1/chat/completions --------------------------------------------
 
 def _usage_tokens(body: dict[str, Any], key: str) -> int | None:
     usage = body.get("usage")
@@ -138,46 +139,6 @@ def _usage_tokens(body: dict[str, Any], key: str) -> int | None:
         return int(usage[key])
     return None
 
-
-class CompletionsReader(StreamReader):
-    def read(self, event: SSEEvent) -> StreamUpdate:
-        if event.data.strip() == "[DONE]":
-            return StreamUpdate(done=True)
-        body = _load_json(event)
-        if body is None:
-            return StreamUpdate(error=f"unparseable event: {event.data[:200]}")
-        if (error := _error_message(body)) is not None:
-            return StreamUpdate(error=error, done=True)
-        choices = body.get("choices") or []
-        text = "".join(str(choice.get("text") or "") for choice in choices)
-        return StreamUpdate(text=text, output_tokens=_usage_tokens(body, "completion_tokens"))
-
-
-class CompletionsBackend(Backend):
-    path = "/v1/completions"
-    accepts_token_ids = True  # the OpenAI API takes a token array as prompt
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def payload(self, request: BenchRequest, model: str, stream: bool, ignore_eos: bool) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": model, "prompt": request.prompt, "temperature": 0.0,
-                                "max_tokens": request.output_len, "stream": stream, "ignore_eos": ignore_eos}
-        if stream:
-            body["stream_options"] = {"include_usage": True}
-        return body
-
-    def new_reader(self) -> StreamReader:
-        return CompletionsReader()
-
-    def read_response(self, body: dict[str, Any]) -> StreamUpdate:
-        if (error := _error_message(body)) is not None:
-            return StreamUpdate(error=error, done=True)
-        text = "".join(str(choice.get("text") or "") for choice in body.get("choices") or [])
-        return StreamUpdate(text=text, output_tokens=_usage_tokens(body, "completion_tokens"), done=True)
-
-
-# --- OpenAI /v1/chat/completions ----------------------------------------------------------------
 
 def _chat_text(part: dict[str, Any]) -> str:
     """Everything the model generated in a message or delta: reasoning, answer and tool-call arguments."""
@@ -189,7 +150,16 @@ def _chat_text(part: dict[str, Any]) -> str:
     return "".join(str(piece) for piece in pieces)
 
 
-class ChatReader(StreamReader):
+def _completion_text(choice: dict[str, Any]) -> str:
+    return str(choice.get("text") or "")
+
+
+class ChoicesReader(StreamReader):
+    """Completions and chat chunks: the new text of every choice; usage in the last chunk."""
+
+    def __init__(self, text_of: Callable[[dict[str, Any]], str]) -> None:
+        self.text_of = text_of
+
     def read(self, event: SSEEvent) -> StreamUpdate:
         if event.data.strip() == "[DONE]":
             return StreamUpdate(done=True)
@@ -198,32 +168,59 @@ class ChatReader(StreamReader):
             return StreamUpdate(error=f"unparseable event: {event.data[:200]}")
         if (error := _error_message(body)) is not None:
             return StreamUpdate(error=error, done=True)
-        text = "".join(_chat_text(choice.get("delta") or {}) for choice in body.get("choices") or [])
+        text = "".join(self.text_of(choice) for choice in body.get("choices") or [])
         return StreamUpdate(text=text, output_tokens=_usage_tokens(body, "completion_tokens"))
 
 
-class ChatBackend(Backend):
-    path = "/v1/chat/completions"
+class CompletionsBackend(Backend):
+    path = "/v1/completions"
+    accepts_token_ids = True  # the OpenAI API takes a token array as prompt
 
     def __init__(self, name: str) -> None:
         self.name = name
 
+    def prompt_fields(self, request: BenchRequest) -> dict[str, Any]:
+        return {"prompt": request.prompt}
+
+    @staticmethod
+    def chunk_text(choice: dict[str, Any]) -> str:
+        return _completion_text(choice)
+
+    @staticmethod
+    def reply_text(choice: dict[str, Any]) -> str:
+        return _completion_text(choice)
+
     def payload(self, request: BenchRequest, model: str, stream: bool, ignore_eos: bool) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": request.prompt}],
-                                "temperature": 0.0, "max_tokens": request.output_len, "stream": stream,
-                                "ignore_eos": ignore_eos}
+        body: dict[str, Any] = {"model": model, **self.prompt_fields(request), "temperature": 0.0,
+                                "max_tokens": request.output_len, "stream": stream, "ignore_eos": ignore_eos}
         if stream:
             body["stream_options"] = {"include_usage": True}
         return body
 
     def new_reader(self) -> StreamReader:
-        return ChatReader()
+        return ChoicesReader(self.chunk_text)
 
     def read_response(self, body: dict[str, Any]) -> StreamUpdate:
         if (error := _error_message(body)) is not None:
             return StreamUpdate(error=error, done=True)
-        text = "".join(_chat_text(choice.get("message") or {}) for choice in body.get("choices") or [])
+        text = "".join(self.reply_text(choice) for choice in body.get("choices") or [])
         return StreamUpdate(text=text, output_tokens=_usage_tokens(body, "completion_tokens"), done=True)
+
+
+class ChatBackend(CompletionsBackend):
+    path = "/v1/chat/completions"
+    accepts_token_ids = False
+
+    def prompt_fields(self, request: BenchRequest) -> dict[str, Any]:
+        return {"messages": [{"role": "user", "content": request.prompt}]}
+
+    @staticmethod
+    def chunk_text(choice: dict[str, Any]) -> str:
+        return _chat_text(choice.get("delta") or {})
+
+    @staticmethod
+    def reply_text(choice: dict[str, Any]) -> str:
+        return _chat_text(choice.get("message") or {})
 
 
 # --- OpenAI /v1/responses -----------------------------------------------------------------------
