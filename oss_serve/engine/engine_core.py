@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from oss_serve.engine.generation_config import default_sampling_params, generation_eos_ids
-from oss_serve.engine.kv_sizing import plan_kv_layout
+from oss_serve.engine.limits import plan_engine_limits
 from oss_serve.engine.messages import EngineInfo, EngineStats, RequestDelta, RunnerLayout
 from oss_serve.engine.model_runner import ModelRunner, PendingInputs
 from oss_serve.engine.outputs import TokenLogprob
@@ -80,15 +80,15 @@ class EngineCore:
         config = self.model.config
         param = next(self.model.parameters())
         self.device, self.model_dtype = param.device, param.dtype
-        layout = self.layout = plan_kv_layout(args, config, self.model_dtype, self.device)
-        self.context_length = layout.context_length
+        limits = self.limits = plan_engine_limits(args, config, self.model_dtype, self.device)
+        self.context_length = limits.context_length
         self.scheduler = Scheduler(SchedulerConfig(
-            page_size=layout.page_size, num_full_pages=layout.num_full_pages,
-            num_sliding_pages=layout.num_sliding_pages, sliding_window=layout.sliding_window,
-            max_running_requests=layout.max_running, max_step_tokens=max(args.max_prefill_tokens, layout.chunk_size),
-            chunk_size=layout.chunk_size, enable_prefix_cache=not args.disable_radix_cache))
-        self.cache = PagedKVCache(layout.layer_windows, layout.num_full_pages, layout.num_sliding_pages,
-                                  layout.page_size, config.num_kv_heads, config.head_dim, layout.kv_dtype, self.device)
+            page_size=limits.page_size, num_full_pages=limits.num_full_pages,
+            num_sliding_pages=limits.num_sliding_pages, sliding_window=limits.sliding_window,
+            max_running_requests=limits.max_running, max_step_tokens=max(args.max_prefill_tokens, limits.chunk_size),
+            chunk_size=limits.chunk_size, enable_prefix_cache=not args.disable_radix_cache))
+        self.cache = PagedKVCache(limits.layer_windows, limits.num_full_pages, limits.num_sliding_pages,
+                                  limits.page_size, config.num_kv_heads, config.head_dim, limits.kv_dtype, self.device)
         self.runner = self._make_runner()
         # Schedule step N+1 while the device runs step N. Not on CPU, where the forward holds the host (it
         # would only delay each token by a step).
@@ -97,9 +97,9 @@ class EngineCore:
         self._step_deltas: list[RequestDelta] = []
         self._step_requests: list[Request] = []
         logger.info("KV cache: %d tokens per full-attention layer, %d per sliding-window layer, page size %d, %s; "
-                    "context length %d", layout.num_full_pages * layout.page_size,
-                    layout.num_sliding_pages * layout.page_size, layout.page_size,
-                    str(layout.kv_dtype).removeprefix("torch."), self.context_length)
+                    "context length %d", limits.num_full_pages * limits.page_size,
+                    limits.num_sliding_pages * limits.page_size, limits.page_size,
+                    str(limits.kv_dtype).removeprefix("torch."), self.context_length)
         self.eos_token_ids = tuple(dict.fromkeys(generation_eos_ids(self.model_folder) + tuple(config.eos_token_ids)))
         self.default_params = default_sampling_params(self.model_folder)
         self.structured = StructuredDecoding(Path(args.tokenizer_path or self.model_folder) / "tokenizer.json",
@@ -111,15 +111,15 @@ class EngineCore:
         self.profile = False
 
     def _make_runner(self) -> ModelRunner:
-        args, layout = self.args, self.layout
+        args, limits = self.args, self.limits
         if self.tp is not None:  # workers build the same page pools, each holding its own KV heads
             runner = self.tp.make_runner(
-                RunnerLayout(layout.layer_windows, layout.num_full_pages, layout.num_sliding_pages, layout.page_size,
-                             layout.kv_dtype, layout.max_running, layout.max_pages_per_seq),
+                RunnerLayout(limits.layer_windows, limits.num_full_pages, limits.num_sliding_pages, limits.page_size,
+                             limits.kv_dtype, limits.max_running, limits.max_pages_per_seq),
                 self.model, self.cache, self.device, args.attention_backend)
         else:
-            runner = ModelRunner(self.model, self.cache, self.device, args.attention_backend, layout.max_running,
-                                 layout.max_pages_per_seq)
+            runner = ModelRunner(self.model, self.cache, self.device, args.attention_backend, limits.max_running,
+                                 limits.max_pages_per_seq)
         if self.device.type != "cuda" or args.disable_cuda_graph:
             return runner
         # Graphs need kernels without host syncs: the Triton attention and MXFP4 MoE paths.
@@ -127,7 +127,7 @@ class EngineCore:
             logger.info("CUDA graphs off: they need the Triton attention and MXFP4 MoE backends")
             return runner
         try:
-            runner.enable_cuda_graphs(layout.cuda_graph_max_bs)
+            runner.enable_cuda_graphs(limits.cuda_graph_max_bs)
         except RuntimeError as error:
             raise RuntimeError(f"capturing CUDA graphs failed ({error}); --disable-cuda-graph runs without "
                                "them") from error

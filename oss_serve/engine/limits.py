@@ -23,8 +23,8 @@ MIN_KV_TOKENS = 1024
 
 
 @dataclass(frozen=True)
-class KVLayout:
-    """The KV pools and the limits they set: what the scheduler, the cache and the runner are built from."""
+class EngineLimits:
+    """The KV pools and the limits that follow: what the scheduler, the cache and the runner are built from."""
     layer_windows: list[int | None]
     kv_dtype: torch.dtype
     page_size: int
@@ -41,7 +41,7 @@ class KVLayout:
         return -(-self.context_length // self.page_size)
 
 
-def plan_kv_layout(args: ServerArgs, config, model_dtype: torch.dtype, device: torch.device) -> KVLayout:
+def plan_engine_limits(args: ServerArgs, config, model_dtype: torch.dtype, device: torch.device) -> EngineLimits:
     kv_dtype = model_dtype if args.kv_cache_dtype == "auto" else KV_DTYPES[args.kv_cache_dtype]
     layer_windows = [config.window_of(i) for i in range(config.num_layers)]
     context_length = min(args.context_length or config.max_position_embeddings, config.max_position_embeddings)
@@ -55,7 +55,7 @@ def plan_kv_layout(args: ServerArgs, config, model_dtype: torch.dtype, device: t
         chunk = max(1, min(chunk, (num_sliding_pages - 2) * ps - window))
     chunk = max(1, min(chunk, (num_full_pages - 1) * ps))
     max_running = args.max_running_requests or DEFAULT_MAX_RUNNING_REQUESTS
-    return KVLayout(layer_windows, kv_dtype, ps, num_full_pages, num_sliding_pages, window, chunk, max_running,
+    return EngineLimits(layer_windows, kv_dtype, ps, num_full_pages, num_sliding_pages, window, chunk, max_running,
                     min(context_length, num_full_pages * ps),  # a sequence must fit the full-attention pool
                     min(args.cuda_graph_max_bs or DEFAULT_CUDA_GRAPH_MAX_BS, max_running))
 
