@@ -121,7 +121,6 @@ class OutputAssembler:
         self.annotate: Annotator = lambda text: (text, [])
         self._open: dict[tuple[int, int], OpenItem] = {}  # (loop step, message index) -> item
         self.step = 0
-        self.function_calls = 0
 
     # --- item kinds ---
 
@@ -246,7 +245,6 @@ class OutputAssembler:
             self._done(item.output_index, ResponseOutputMessage(
                 id=item.item_id, content=[part], role="assistant", status=status, type="message"))  # type: ignore[arg-type]
         elif item.kind == "function_call":
-            self.function_calls += 1
             self.log.emit(ResponseFunctionCallArgumentsDoneEvent, **ids, arguments=item.text)
             self._done(item.output_index, self._function_call(item, status))
         elif item.kind == "code_interpreter":
