@@ -24,24 +24,14 @@ import ast, linecache, os, sys, traceback
 driver_pid = os.getpid()
 marker = sys.argv[1].encode()
 # Cells arrive on a private copy of stdin; user code (and its children) get /dev/null instead, so
-# they cannot swallow the next cell.
-cells = os.fdopen(os.dup(0), "rb", buffering=0)
+# they cannot swallow the next cell. A buffered read(n) returns n bytes unless the pipe closes.
+cells = os.fdopen(os.dup(0), "rb")
 null_fd = os.open(os.devnull, os.O_RDONLY)
 os.dup2(null_fd, 0)
 sys.stdin = open(os.devnull)
 # One stream for both: docker relays stdout and stderr separately and would reorder them.
 os.dup2(1, 2)
 namespace = {"__name__": "__main__", "__builtins__": __builtins__}
-
-def read_exactly(size):
-    chunks = []
-    while size > 0:
-        chunk = cells.read(size)
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        size -= len(chunk)
-    return b"".join(chunks)
 
 def run_cell(source):
     # Lets tracebacks quote the cell's lines.
@@ -60,8 +50,9 @@ while True:
     header = cells.readline()
     if not header:
         break
-    body = read_exactly(int(header))
-    if body is None:
+    size = int(header)
+    body = cells.read(size)
+    if len(body) < size:
         break
     try:
         run_cell(body.decode("utf-8", "replace"))
@@ -123,7 +114,7 @@ class _CappedOutput:
 
     def text(self) -> str:
         head, tail = bytes(self.head), bytes(self.tail)
-        if (tail or head).endswith(self.marker):
+        if self.finished():
             if tail:
                 tail = tail[:-len(self.marker)]
             else:
