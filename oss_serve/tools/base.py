@@ -1,43 +1,9 @@
 """The tool-server contract: what the API layer uses to describe tools to the model and run them.
 
-    class ToolServer(ABC):
-        def namespaces(self) -> list[openai_harmony.ToolNamespaceConfig]
-            # What goes into the harmony system message (SystemContent.with_tools(namespace)).
-            # Built-ins are named `browser` and `python`, with descriptions that match the running
-            # backend; each MCP server is one namespace named after its serverInfo.name.
-        def has_tool(self, recipient: str) -> bool
-            # recipient as the model writes it after `to=`: "python", "browser.search",
-            # "<mcp_namespace>.<tool>".
-        async def start(self) -> None
-            # Call once (in the serving event loop) before namespaces(): connects MCP servers and
-            # lists their tools. Built-in tools need nothing.
-        async def open_session(self) -> ToolSession
-            # One per response (or conversation): holds browser pages and cursors, and the
-            # python interpreter when the stateful mode is on.
-        async def aclose(self) -> None
-            # Server shutdown: drops MCP connections.
-
-    class ToolSession(ABC):
-        async def call(self, recipient: str, arguments: str) -> ToolResult
-            # `arguments` is the raw text the model wrote: JSON for functions, code for python.
-            # Never raises for tool failures or timeouts: they come back as result text with
-            # `is_error=True`.
-        def annotate(self, text: str) -> tuple[str, list[dict]]
-            # Final answer text with browser citations 【cursor†Lx-Ly】 turned into markdown links,
-            # plus `url_citation` annotations (type, url, title, start_index, end_index).
-        async def close(self) -> None
-
-    @dataclass ToolResult:
-        recipient: str        # who answers: the harmony author name of the tool message
-        text: str             # exactly what the model receives
-        details: ToolCallDetails   # structured facts for API output items (see below)
-        is_error: bool        # a failure, timeout or crash (the text says what happened)
-
-    build_tool_server(args: ToolArgs) -> ToolServer | None   (oss_serve.tools.factory)
-        # --tool-server "demo" (python + browser), "host:port" / "http://host:port/sse" (MCP),
-        # comma-separated and combinable. None when nothing is configured or could be enabled.
-        # Then: `await server.start()` in the serving loop, `await server.aclose()` at shutdown.
-    tool_result_message(result, channel=...) -> openai_harmony.Message
+`build_tool_server(args)` (oss_serve.tools.factory) turns --tool-server "demo" (python + browser),
+"host:port" / "http://host:port/sse" (MCP), comma-separated and combinable, into one ToolServer, or
+None when nothing is configured or could be enabled. Then: `await server.start()` in the serving
+loop, one `open_session()` per response, `await server.aclose()` at shutdown.
 
 Per-request MCP tools (Responses `{"type": "mcp", ...}`): build
 `McpToolServer(server_url, headers=..., allowed_tools=..., namespace=server_label)`, `await start()`,
@@ -51,7 +17,7 @@ Harmony authoring of a result: role `tool`, author name = the recipient the mode
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import openai_harmony
@@ -74,54 +40,57 @@ class ToolCallDetails:
     tool_name: str | None = None
     arguments: dict[str, Any] | None = None
     timed_out: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class ToolResult:
-    recipient: str
-    text: str
-    details: ToolCallDetails
-    is_error: bool = False
+    recipient: str  # who answers: the harmony author name of the tool message
+    text: str  # exactly what the model receives
+    details: ToolCallDetails  # structured facts for the API output items
+    is_error: bool = False  # a failure, timeout or crash (the text says what happened)
 
 
 class ToolSession(ABC):
+    """State for one response (or conversation): browser pages and cursors, a stateful python interpreter."""
+
     @abstractmethod
     async def call(self, recipient: str, arguments: str) -> ToolResult:
-        """Run one call. Failures and timeouts are returned as text, never raised."""
+        """Run one call. `arguments` is the raw text the model wrote: JSON for functions, code for python.
+
+        Failures and timeouts are returned as text with `is_error=True`, never raised."""
 
     def annotate(self, text: str) -> tuple[str, list[dict[str, Any]]]:
-        """`text` with citations of this session's pages made into links, and their annotations."""
+        """Final answer `text` with browser citations 【cursor†Lx-Ly】 of this session's pages made into
+        markdown links, and their `url_citation` annotations (type, url, title, start_index, end_index)."""
         return text, []
 
     async def close(self) -> None:
         return None
 
-    async def __aenter__(self) -> ToolSession:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
 
 class ToolServer(ABC):
     @abstractmethod
     def namespaces(self) -> list[openai_harmony.ToolNamespaceConfig]:
-        """Namespaces to describe in the system message."""
+        """What goes into the harmony system message. Built-ins are named `browser` and `python`, with
+        descriptions that match the running backend; each MCP server is one namespace named after its
+        serverInfo.name."""
 
     @abstractmethod
     def has_tool(self, recipient: str) -> bool:
-        """Whether `recipient` (e.g. "browser.search") names a tool this server runs."""
+        """Whether `recipient`, as the model writes it after `to=` ("python", "browser.search",
+        "<mcp_namespace>.<tool>"), names a tool this server runs."""
 
     async def start(self) -> None:
-        """Connects what needs connecting; call once before namespaces()."""
+        """Call once (in the serving event loop) before namespaces(): connects MCP servers and lists
+        their tools. Built-in tools need nothing."""
         return None
 
     @abstractmethod
     async def open_session(self) -> ToolSession:
-        """State for one response or conversation."""
+        ...
 
     async def aclose(self) -> None:
+        """Server shutdown: drops MCP connections."""
         return None
 
 

@@ -9,9 +9,11 @@ import html
 import textwrap
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
-from urllib.parse import urljoin, urlparse
+from urllib.parse import quote, urljoin, urlparse
 
 import html2text
+
+from oss_serve.tools.browser_backends import SearchHit
 
 WRAP_COLUMNS = 80
 # About 1024 tokens at ~4 characters per token: the most one view shows.
@@ -32,9 +34,25 @@ class Page:
     links: dict[int, LinkTarget] = field(default_factory=dict)
     source: str | None = None  # raw markup, for view_source
 
-    @property
-    def domain(self) -> str:
-        return urlparse(self.url).netloc
+    def view(self, cursor: int, loc: int = -1, num_lines: int = -1) -> str:
+        """One screen of the page at `cursor` starting at line `loc`: as many lines as fit the budget or `num_lines`."""
+        total = len(self.lines)
+        start = max(0, min(loc if loc >= 0 else 0, max(total - 1, 0)))
+        end = start
+        used = 0
+        while end < total:
+            cost = len(self.lines[end]) + 8
+            if num_lines > 0 and end - start >= num_lines:
+                break
+            if num_lines <= 0 and used + cost > VIEW_CHAR_BUDGET and end > start:
+                break
+            used += cost
+            end += 1
+        header = f"[{cursor}] {self.title}" + (f" ({self.url})" if self.url else "")
+        if total == 0:
+            return header + "\n**viewing lines [0 - 0] of 0**\n\n(empty page)"
+        body = "\n".join(f"L{i}: {self.lines[i]}" for i in range(start, end))
+        return f"{header}\n**viewing lines [{start} - {end - 1}] of {total - 1}**\n\n{body}"
 
 
 def domain_of(url: str) -> str:
@@ -136,25 +154,18 @@ def source_page(page: Page) -> Page:
     return Page(url=page.url, title=f"Source of {page.title}", lines=raw_lines)
 
 
-def render_view(page: Page, cursor: int, loc: int = -1, num_lines: int = -1) -> str:
-    """One screen of `page` starting at line `loc`: as many lines as fit the budget or `num_lines`."""
-    total = len(page.lines)
-    start = max(0, min(loc if loc >= 0 else 0, max(total - 1, 0)))
-    end = start
-    used = 0
-    while end < total:
-        cost = len(page.lines[end]) + 8
-        if num_lines > 0 and end - start >= num_lines:
-            break
-        if num_lines <= 0 and used + cost > VIEW_CHAR_BUDGET and end > start:
-            break
-        used += cost
-        end += 1
-    header = f"[{cursor}] {page.title}" + (f" ({page.url})" if page.url else "")
-    if total == 0:
-        return header + "\n**viewing lines [0 - 0] of 0**\n\n(empty page)"
-    body = "\n".join(f"L{i}: {page.lines[i]}" for i in range(start, end))
-    return f"{header}\n**viewing lines [{start} - {end - 1}] of {total - 1}**\n\n{body}"
+def search_page(query: str, hits: list[SearchHit]) -> Page:
+    """The search results: each hit a link with its title and domain, then its snippet."""
+    lines: list[str] = []
+    links: dict[int, LinkTarget] = {}
+    for hit in hits:
+        link_id = len(links)
+        links[link_id] = LinkTarget(hit.url)
+        lines.append(f"【{link_id}†{hit.title}†{domain_of(hit.url)}】")
+        lines.extend(wrap_text(" ".join(hit.snippet.split())[:600]))
+        lines.append("")
+    return Page(url=f"web-search://?q={quote(query)}", title=f"Search results for `{query}`",
+                lines=lines[:-1] or [f"No results for {query!r}."], links=links)
 
 
 def find_page(page: Page, pattern: str, max_results: int = 50) -> Page | None:

@@ -3,23 +3,12 @@ from __future__ import annotations
 
 import json
 from typing import Any
-from urllib.parse import quote
 
 import openai_harmony
 
 from oss_serve.tools.base import ToolCallDetails, ToolResult, ToolServer, ToolSession, split_recipient
 from oss_serve.tools.browser_backends import SearchBackend, SearchError
-from oss_serve.tools.browser_page import (
-    LinkTarget,
-    Page,
-    domain_of,
-    find_page,
-    html_to_page,
-    render_view,
-    source_page,
-    text_to_page,
-    wrap_text,
-)
+from oss_serve.tools.browser_page import Page, find_page, html_to_page, search_page, source_page, text_to_page
 from oss_serve.tools.citations import Annotation, annotate_citations
 from oss_serve.tools.web_fetch import FetchError, FetchRefused, PageFetcher
 
@@ -52,7 +41,7 @@ class BrowserSession(ToolSession):
         self.search_hit_pages: dict[str, Page] = {}
 
     def page_at(self, cursor: int) -> Page | None:
-        if cursor == -1 or cursor is None:
+        if cursor == -1:
             return self.pages[-1] if self.pages else None
         return self.pages[cursor] if 0 <= cursor < len(self.pages) else None
 
@@ -61,7 +50,7 @@ class BrowserSession(ToolSession):
         self.pages.append(page)
         if page.url.startswith(("http://", "https://")):
             self.page_by_url.setdefault(page.url, page)
-        return render_view(page, cursor, loc, num_lines)
+        return page.view(cursor, loc, num_lines)
 
     async def call(self, recipient: str, arguments: str) -> ToolResult:
         _, function = split_recipient(recipient)
@@ -93,21 +82,10 @@ class BrowserSession(ToolSession):
         topn = int(arguments.get("topn") or 10)
         details.action, details.query = "search", query
         hits = await self.tool.search_backend.search(query, max(1, min(topn, 25)))
-        lines: list[str] = []
-        links: dict[int, LinkTarget] = {}
         for hit in hits:
-            link_id = len(links)
-            links[link_id] = LinkTarget(hit.url)
-            lines.append(f"【{link_id}†{hit.title}†{domain_of(hit.url)}】")
-            lines.extend(wrap_text(" ".join(hit.snippet.split())[:600]))
-            lines.append("")
             if hit.text:
                 self.search_hit_pages[hit.url] = text_to_page(hit.text, hit.url, hit.title)
-        if not hits:
-            lines = [f"No results for {query!r}."]
-        page = Page(url=f"web-search://?q={quote(query)}", title=f"Search results for `{query}`",
-                    lines=lines[:-1] if hits else lines, links=links)
-        return self._show(page)
+        return self._show(search_page(query, hits))
 
     async def _open(self, arguments: dict[str, Any], details: ToolCallDetails) -> str:
         link: Any = arguments.get("id", -1)

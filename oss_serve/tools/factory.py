@@ -16,13 +16,6 @@ from oss_serve.tools.tool_group import ToolServerGroup
 logger = logging.getLogger(__name__)
 
 
-def parse_tool_server_spec(spec: str | None) -> tuple[bool, list[str]]:
-    """(demo wanted, MCP server specs) from the flag's comma-separated list."""
-    entries = [entry.strip() for entry in (spec or "").split(",") if entry.strip()]
-    demo = any(entry.lower() == "demo" for entry in entries)
-    return demo, [entry for entry in entries if entry.lower() != "demo"]
-
-
 def build_python_tool(args: ToolArgs) -> PythonToolServer | None:
     # The CPU-time rlimit is a backstop behind the wall-clock timeout; a notebook lives across calls.
     cpu_seconds = math.ceil(args.tool_timeout) + 10
@@ -47,11 +40,11 @@ def build_browser_tool(args: ToolArgs) -> BrowserToolServer | None:
 
 def build_tool_server(args: ToolArgs) -> ToolServer | None:
     """None when no tools are configured (or none could be enabled). Call `await server.start()` next."""
-    demo, mcp_specs = parse_tool_server_spec(args.tool_server)
+    entries = [entry.strip() for entry in (args.tool_server or "").split(",") if entry.strip()]
     servers: list[ToolServer] = []
-    if demo:
+    if any(entry.lower() == "demo" for entry in entries):
         servers.extend(tool for tool in (build_python_tool(args), build_browser_tool(args)) if tool is not None)
-    servers.extend(McpToolServer(spec, call_timeout_s=args.tool_timeout) for spec in mcp_specs)
+    servers.extend(McpToolServer(spec, call_timeout_s=args.tool_timeout) for spec in entries if spec.lower() != "demo")
     if not servers:
         return None
     return ToolServerGroup(servers)

@@ -215,7 +215,7 @@ class McpToolServer(ToolServer):
         details.arguments = parsed
         if self.allowed_tools is not None and tool not in self.allowed_tools:
             return failure(f"Tool {recipient!r} is not allowed.")
-        for attempt in (1, 2):
+        for _ in range(2):  # a connection found closed is reopened and the call retried once
             try:
                 session = await self._connect()
             except McpConnectError as error:
@@ -228,9 +228,7 @@ class McpToolServer(ToolServer):
                 if _is_connection_closed(error):
                     async with self._connect_lock:
                         await self._disconnect()
-                    if attempt == 1:
-                        continue
-                    return failure(f"Error: the connection to MCP server {self.url} was lost.")
+                    continue
                 return failure(f"Error: {_describe(error)}")
             text = _result_text(result)
             return ToolResult(recipient, text, details, is_error=bool(getattr(result, "is_error", False)))

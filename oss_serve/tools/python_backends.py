@@ -119,10 +119,12 @@ class DockerBackend(PythonBackend):
 
 def _host_python_for_sandbox() -> str | None:
     """A system python under /usr: the only tree the sandbox exposes."""
-    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
-        if os.path.exists(candidate):
-            return candidate
-    return None
+    return next((path for path in ("/usr/bin/python3", "/usr/local/bin/python3") if os.path.exists(path)), None)
+
+
+def _as_nobody_if_root() -> dict[str, Any]:
+    """Spawn options that run the sandbox as `nobody` when the server runs as root (see SandboxBackend)."""
+    return {"user": NOBODY_UID, "group": NOBODY_UID, "extra_groups": []} if os.getuid() == 0 else {}
 
 
 def _processes_owned_by(uid: int) -> int:
@@ -171,11 +173,8 @@ class SandboxBackend(PythonBackend):
 
     def launch(self) -> InterpreterLaunch:
         limits = self.limits
-        spawn: dict[str, Any] = {}
-        sandbox_uid = os.getuid()
-        if sandbox_uid == 0:
-            sandbox_uid = NOBODY_UID
-            spawn.update(user=NOBODY_UID, group=NOBODY_UID, extra_groups=[])
+        spawn = {**_as_nobody_if_root(), "cwd": "/"}
+        sandbox_uid = spawn.get("user", os.getuid())
         # The process limit counts every process of the uid, so leave room for the ones already running.
         process_limit = _processes_owned_by(sandbox_uid) + limits.processes
         command = [
@@ -187,7 +186,6 @@ class SandboxBackend(PythonBackend):
             "--setenv", "LANG", "C.UTF-8", "--setenv", "PYTHONDONTWRITEBYTECODE", "1",
             self.python, "-u", "-I", "-c", CELL_DRIVER,
         ]
-        spawn["cwd"] = "/"
         return InterpreterLaunch(command, spawn)
 
     @staticmethod
@@ -199,14 +197,11 @@ class SandboxBackend(PythonBackend):
             return "prlimit (util-linux) is not installed"
         if _host_python_for_sandbox() is None:
             return "no system python3 under /usr for the sandbox to run"
-        kwargs: dict[str, Any] = {}
-        if os.getuid() == 0:
-            kwargs.update(user=NOBODY_UID, group=NOBODY_UID, extra_groups=[])
         try:
             sandbox = SandboxBackend()
             probe = subprocess.run([bwrap, *sandbox._filesystem_args(), "--unshare-all", "--die-with-parent",
                                     sandbox.python, "-c", "pass"], capture_output=True, text=True, timeout=10, cwd="/",
-                                   **kwargs)
+                                   **_as_nobody_if_root())
         except (OSError, subprocess.TimeoutExpired) as error:
             return f"bubblewrap cannot start ({error})"
         if probe.returncode != 0:
@@ -249,27 +244,24 @@ def choose_python_backend(requested: str | None, limits: ResourceLimits | None =
     answers, else the bubblewrap sandbox; never the bare host unless asked for.
     """
     choice = (requested or env.python_backend() or "").strip().lower()
-    if choice in ("uv", "dangerously_use_uv"):
-        reason = UvBackend.unavailable_reason()
+    choice = "uv" if choice == "dangerously_use_uv" else choice
+    image = docker_image or env.python_docker_image() or DEFAULT_DOCKER_IMAGE
+    if choice:
+        unavailable = {"docker": lambda: DockerBackend.unavailable_reason(image),
+                       "sandbox": SandboxBackend.unavailable_reason, "uv": UvBackend.unavailable_reason}
+        if choice not in unavailable:
+            raise ValueError(f"unknown python backend {choice!r}: use docker, sandbox or uv")
+        reason = unavailable[choice]()
         if reason:
-            raise ValueError(f"python backend 'uv' was requested but {reason}")
+            raise ValueError(f"python backend {choice!r} was requested but {reason}")
+        if choice == "docker":
+            return DockerBackend(docker_image, limits)
+        if choice == "sandbox":
+            return SandboxBackend(limits)
         logger.warning("!!! The python tool runs model-written code DIRECTLY ON THIS HOST with uv, with the "
                        "server's user rights and network access. Use --python-backend sandbox or docker unless "
                        "you trust every prompt. !!!")
         return UvBackend(limits)
-    image = docker_image or env.python_docker_image() or DEFAULT_DOCKER_IMAGE
-    if choice == "docker":
-        reason = DockerBackend.unavailable_reason(image)
-        if reason:
-            raise ValueError(f"python backend 'docker' was requested but {reason}")
-        return DockerBackend(docker_image, limits)
-    if choice == "sandbox":
-        reason = SandboxBackend.unavailable_reason()
-        if reason:
-            raise ValueError(f"python backend 'sandbox' was requested but {reason}")
-        return SandboxBackend(limits)
-    if choice:
-        raise ValueError(f"unknown python backend {choice!r}: use docker, sandbox or uv")
     docker_reason = DockerBackend.unavailable_reason(image)
     if docker_reason is None:
         return DockerBackend(docker_image, limits)

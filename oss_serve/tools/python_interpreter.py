@@ -24,24 +24,14 @@ import ast, linecache, os, sys, traceback
 driver_pid = os.getpid()
 marker = sys.argv[1].encode()
 # Cells arrive on a private copy of stdin; user code (and its children) get /dev/null instead, so
-# they cannot swallow the next cell.
-cells = os.fdopen(os.dup(0), "rb", buffering=0)
+# they cannot swallow the next cell. A buffered read(n) returns n bytes unless the pipe closes.
+cells = os.fdopen(os.dup(0), "rb")
 null_fd = os.open(os.devnull, os.O_RDONLY)
 os.dup2(null_fd, 0)
 sys.stdin = open(os.devnull)
 # One stream for both: docker relays stdout and stderr separately and would reorder them.
 os.dup2(1, 2)
 namespace = {"__name__": "__main__", "__builtins__": __builtins__}
-
-def read_exactly(size):
-    chunks = []
-    while size > 0:
-        chunk = cells.read(size)
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        size -= len(chunk)
-    return b"".join(chunks)
 
 def run_cell(source):
     # Lets tracebacks quote the cell's lines.
@@ -60,8 +50,9 @@ while True:
     header = cells.readline()
     if not header:
         break
-    body = read_exactly(int(header))
-    if body is None:
+    size = int(header)
+    body = cells.read(size)
+    if len(body) < size:
         break
     try:
         run_cell(body.decode("utf-8", "replace"))
@@ -94,7 +85,6 @@ class CellOutcome:
     output: str
     timed_out: bool = False
     exit_code: int | None = None  # set when the interpreter died during the cell
-    truncated_bytes: int = 0
 
 
 class _CappedOutput:
@@ -122,9 +112,9 @@ class _CappedOutput:
     def finished(self) -> bool:
         return (self.tail or self.head).endswith(self.marker)
 
-    def text(self) -> tuple[str, int]:
+    def text(self) -> str:
         head, tail = bytes(self.head), bytes(self.tail)
-        if (tail or head).endswith(self.marker):
+        if self.finished():
             if tail:
                 tail = tail[:-len(self.marker)]
             else:
@@ -132,15 +122,10 @@ class _CappedOutput:
         dropped = self.dropped + max(0, len(tail) - self.tail_cap)
         tail = tail[-self.tail_cap:] if self.tail_cap else b""
         if dropped:
-            joined = (head.decode("utf-8", "replace")
-                      + f"\n[... {dropped} bytes of output truncated ...]\n"
-                      + tail.decode("utf-8", "replace"))
-        else:
-            joined = (head + tail).decode("utf-8", "replace")
-        return joined, dropped
-
-
-Killer = Callable[[asyncio.subprocess.Process], Awaitable[None]]
+            return (head.decode("utf-8", "replace")
+                    + f"\n[... {dropped} bytes of output truncated ...]\n"
+                    + tail.decode("utf-8", "replace"))
+        return (head + tail).decode("utf-8", "replace")
 
 
 async def kill_process_group(process: asyncio.subprocess.Process) -> None:
@@ -162,17 +147,13 @@ class InterpreterProcess:
     """A running CELL_DRIVER. Not safe for concurrent cells: callers serialize per session."""
 
     def __init__(self, command: list[str], *, output_cap_bytes: int, spawn_options: dict[str, Any],
-                 kill: Killer = kill_process_group) -> None:
+                 kill: Callable[[asyncio.subprocess.Process], Awaitable[None]]) -> None:
         self.command = command
         self.output_cap_bytes = output_cap_bytes
         self.spawn_options = spawn_options
         self.kill_with = kill
         self.marker = ("__oss_serve_cell_done_" + secrets.token_hex(12)).encode()
         self.process: asyncio.subprocess.Process | None = None
-
-    @property
-    def alive(self) -> bool:
-        return self.process is not None and self.process.returncode is None
 
     async def start(self) -> None:
         self.process = await asyncio.create_subprocess_exec(
@@ -214,8 +195,7 @@ class InterpreterProcess:
             except TimeoutError:
                 await self.stop()
                 exit_code = self.process.returncode
-        text, dropped = collected.text()
-        return CellOutcome(output=text, timed_out=timed_out, exit_code=exit_code, truncated_bytes=dropped)
+        return CellOutcome(output=collected.text(), timed_out=timed_out, exit_code=exit_code)
 
     async def stop(self) -> None:
         if self.process is not None:

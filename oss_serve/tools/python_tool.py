@@ -23,10 +23,6 @@ _PURPOSE = (
 )
 
 
-def _seconds(value: float) -> str:
-    return f"{value:g}"
-
-
 class PythonToolServer(ToolServer):
     def __init__(self, backend: PythonBackend, *, timeout_s: float = 120.0, stateful: bool = False,
                  output_cap_bytes: int = DEFAULT_OUTPUT_CAP_BYTES) -> None:
@@ -36,19 +32,19 @@ class PythonToolServer(ToolServer):
         self.output_cap_bytes = output_cap_bytes
 
     def description(self) -> str:
-        internet = ("Internet access for this session is available." if self.backend.has_network
-                    else "Internet access for this session is disabled.")
         answer = (f"python will respond with the output of the execution (stdout and stderr, then the value of a "
-                  f"final expression) or time out after {_seconds(self.timeout_s)} seconds; output longer than "
+                  f"final expression) or time out after {self.timeout_s:g} seconds; output longer than "
                   f"{self.output_cap_bytes} bytes is truncated in the middle.")
         if self.stateful:
-            return (_PURPOSE + "When you send a message containing Python code to python, it will be executed in a "
-                    "stateful Jupyter notebook environment: variables, imports and files persist between messages "
-                    f"of this conversation. {answer} A timeout restarts the interpreter and clears its state. "
-                    f"{self.backend.files_note} {internet}")
+            environment = ("stateful Jupyter notebook environment: variables, imports and files persist between "
+                           f"messages of this conversation. {answer} A timeout restarts the interpreter and clears "
+                           f"its state. {self.backend.files_note}")
+        else:
+            environment = ("stateless environment: every message runs in a fresh Python interpreter, so variables, "
+                           f"imports and files do not carry over between messages. {answer}")
+        internet = "available" if self.backend.has_network else "disabled"
         return (_PURPOSE + "When you send a message containing Python code to python, it will be executed in a "
-                "stateless environment: every message runs in a fresh Python interpreter, so variables, imports "
-                f"and files do not carry over between messages. {answer} {internet}")
+                f"{environment} Internet access for this session is {internet}.")
 
     def namespaces(self) -> list[openai_harmony.ToolNamespaceConfig]:
         return [openai_harmony.ToolNamespaceConfig(name="python", description=self.description(), tools=[])]
@@ -82,14 +78,10 @@ class PythonSession(ToolSession):
 
     async def _fresh_interpreter(self) -> InterpreterProcess:
         backend = self.tool.backend
-        launch = backend.launch()
-
-        async def kill(process: asyncio.subprocess.Process) -> None:
-            await backend.kill(process, launch)
-
-        self.launch = launch
+        launch = self.launch = backend.launch()
         self.interpreter = InterpreterProcess(launch.command, output_cap_bytes=self.tool.output_cap_bytes,
-                                              spawn_options=launch.spawn_options, kill=kill)
+                                              spawn_options=launch.spawn_options,
+                                              kill=lambda process: backend.kill(process, launch))
         return self.interpreter
 
     async def _discard_interpreter(self) -> None:
@@ -119,7 +111,6 @@ class PythonSession(ToolSession):
                 return ToolResult(recipient="python", text=f"The python tool failed to run the code: {error}",
                                   details=details, is_error=True)
         details.timed_out = outcome.timed_out
-        details.extra["truncated_bytes"] = outcome.truncated_bytes
         return ToolResult(recipient="python", text=self._render(outcome),
                           is_error=outcome.timed_out or outcome.exit_code is not None, details=details)
 
@@ -127,8 +118,7 @@ class PythonSession(ToolSession):
         text = outcome.output
         lost_state = " The interpreter was restarted; earlier variables are lost." if self.tool.stateful else ""
         if outcome.timed_out:
-            seconds = _seconds(self.tool.timeout_s)
-            text += f"\n[Execution timed out after {seconds} seconds and was stopped.{lost_state}]"
+            text += f"\n[Execution timed out after {self.tool.timeout_s:g} seconds and was stopped.{lost_state}]"
         elif outcome.exit_code is not None:
             cause = " (killed, possibly for using too much memory)" if outcome.exit_code in (-9, 137) else ""
             text += f"\n[The Python process exited with code {outcome.exit_code}{cause}.{lost_state}]"

@@ -15,6 +15,7 @@ from urllib.parse import urljoin, urlparse
 import httpx
 
 MAX_PAGE_BYTES = 2 * 1024 * 1024
+MAX_REDIRECTS = 5
 USER_AGENT = "oss-serve-browser/0.1"
 
 
@@ -31,7 +32,6 @@ class FetchedPage:
     url: str
     content_type: str
     text: str
-    truncated: bool
 
 
 async def _addresses_of(host: str, port: int) -> list[str]:
@@ -70,12 +70,9 @@ async def check_url_allowed(url: str, allow_private: bool) -> None:
 
 
 class PageFetcher:
-    def __init__(self, *, allow_private: bool = False, timeout_s: float = 20.0, max_bytes: int = MAX_PAGE_BYTES,
-                 max_redirects: int = 5) -> None:
+    def __init__(self, *, allow_private: bool = False, timeout_s: float = 20.0) -> None:
         self.allow_private = allow_private
         self.timeout_s = timeout_s
-        self.max_bytes = max_bytes
-        self.max_redirects = max_redirects
 
     async def fetch(self, url: str) -> FetchedPage:
         """The page at `url`, within timeout_s in all: httpx's timeout bounds each read, so a
@@ -101,7 +98,7 @@ class PageFetcher:
         # trust_env off: a proxy from the environment would bypass the address check.
         async with httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False, trust_env=False,
                                      headers={"User-Agent": USER_AGENT}) as client:
-            for _ in range(self.max_redirects + 1):
+            for _ in range(MAX_REDIRECTS + 1):
                 await check_url_allowed(url, self.allow_private)
                 try:
                     async with client.stream("GET", url) as response:
@@ -112,18 +109,15 @@ class PageFetcher:
                         if response.status_code >= 400:
                             raise FetchError(f"Fetching {url} failed with HTTP {response.status_code}.")
                         body = bytearray()
-                        truncated = False
                         async for chunk in response.aiter_bytes():
                             body += chunk
-                            if len(body) > self.max_bytes:
-                                del body[self.max_bytes:]
-                                truncated = True
+                            if len(body) > MAX_PAGE_BYTES:
+                                del body[MAX_PAGE_BYTES:]
                                 break
                         content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
                         encoding = response.charset_encoding or "utf-8"
                         text = bytes(body).decode(encoding, errors="replace")
-                        return FetchedPage(url=str(response.url), content_type=content_type, text=text,
-                                           truncated=truncated)
+                        return FetchedPage(url=str(response.url), content_type=content_type, text=text)
                 except httpx.TimeoutException:
                     raise FetchError(f"Fetching {url} timed out after {self.timeout_s:g} seconds.") from None
                 except httpx.HTTPError as error:
