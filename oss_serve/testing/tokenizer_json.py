@@ -61,33 +61,15 @@ def byte_to_unicode_table() -> list[str]:
     Printable Latin-1 bytes map to themselves; the rest are shifted to code points from 256
     up, in byte order.
     """
-    printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    printable_set = set(printable)
-    table: list[str] = []
-    next_shifted = 256
-    for byte in range(256):
-        if byte in printable_set:
-            table.append(chr(byte))
-        else:
-            table.append(chr(next_shifted))
-            next_shifted += 1
-    return table
+    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}
+    shifted = iter(range(256, 512))
+    return [chr(byte) if byte in printable else chr(next(shifted)) for byte in range(256)]
 
 
 def load_tiktoken_ranks(vocab_file: Path) -> dict[bytes, int]:
     """Parse a `.tiktoken` file: one `base64(token bytes) rank` per line."""
-    ranks: dict[bytes, int] = {}
-    with open(vocab_file, "rb") as lines:
-        for line in lines:
-            if not line.strip():
-                continue
-            encoded, rank = line.split()
-            ranks[base64.b64decode(encoded)] = int(rank)
-    return ranks
+    pairs = (line.split() for line in vocab_file.read_bytes().splitlines() if line.strip())
+    return {base64.b64decode(encoded): int(rank) for encoded, rank in pairs}
 
 
 def _bpe_parts_below_rank(token: bytes, ranks: dict[bytes, int], rank_limit: int) -> list[bytes]:
