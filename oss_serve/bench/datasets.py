@@ -50,11 +50,10 @@ class RandomTextMaker:
                 text = self.tokenizer.decode([token_id])
             except Exception:  # ids that are only part of a UTF-8 sequence
                 continue
-            if self._WORD.fullmatch(text):
+            # Only words that come back as the same single token (vocabularies can hold duplicates).
+            if self._WORD.fullmatch(text) and self.tokenizer.encode(text) == [token_id]:
                 word_ids.append(token_id)
-        # Keep only words that come back as the same single token (vocabularies can hold duplicates).
-        return np.asarray([i for i in word_ids if self.tokenizer.encode(self.tokenizer.decode([i])) == [i]],
-                          dtype=np.int64)
+        return np.asarray(word_ids, dtype=np.int64)
 
     def random_ids(self, count: int) -> list[int]:
         pool = self.word_ids if len(self.word_ids) else np.asarray(self.tokenizer.ordinary_token_ids(), dtype=np.int64)

@@ -7,6 +7,7 @@ encoding, which has the same ids as the checkpoints' `tokenizer.json`.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Protocol
 
@@ -110,8 +111,6 @@ def _folder_is_gpt_oss(path: Path) -> bool:
     config = path / "config.json"
     if not config.is_file():
         return False
-    import json
-
     try:
         return json.loads(config.read_text()).get("model_type") == "gpt_oss"
     except (OSError, ValueError):

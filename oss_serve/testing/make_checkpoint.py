@@ -61,12 +61,7 @@ PRESETS: dict[str, CheckpointPreset] = {
                                      intermediate_size=2880, sliding_window=128),
 }
 
-MXFP4_MODULES_NOT_CONVERTED = [
-    "model.layers.*.self_attn",
-    "model.layers.*.mlp.router",
-    "model.embed_tokens",
-    "lm_head",
-]
+MXFP4_MODULES_NOT_CONVERTED = ["model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]
 
 
 def build_config(preset: CheckpointPreset, mxfp4: bool) -> dict:

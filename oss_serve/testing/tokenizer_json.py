@@ -42,17 +42,15 @@ from oss_serve.harmony.encoding import (
 BUILD_FORMAT_VERSION = 1
 
 # tiktoken's pre-tokenizer pattern for o200k_base (and so o200k_harmony).
-O200K_PATTERN = "|".join(
-    [
-        r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
-        r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
-        r"\p{N}{1,3}",
-        r" ?[^\s\p{L}\p{N}]+[\r\n/]*",
-        r"\s*[\r\n]+",
-        r"\s+(?!\S)",
-        r"\s+",
-    ]
-)
+O200K_PATTERN = "|".join([
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+    r"\p{N}{1,3}",
+    r" ?[^\s\p{L}\p{N}]+[\r\n/]*",
+    r"\s*[\r\n]+",
+    r"\s+(?!\S)",
+    r"\s+",
+])
 
 
 def byte_to_unicode_table() -> list[str]:
@@ -124,18 +122,8 @@ def build_tokenizer_json(vocab_file: Path) -> dict[str, Any]:
 
     vocab = {as_text(token): rank for token, rank in ranks.items()}
     merges = [[as_text(left), as_text(right)] for left, right in derive_merges(ranks)]
-    added_tokens = [
-        {
-            "id": token_id,
-            "content": text,
-            "single_word": False,
-            "lstrip": False,
-            "rstrip": False,
-            "normalized": False,
-            "special": True,
-        }
-        for token_id, text in special_tokens()
-    ]
+    added_tokens = [{"id": token_id, "content": text, "single_word": False, "lstrip": False, "rstrip": False,
+                     "normalized": False, "special": True} for token_id, text in special_tokens()]
     return {
         "version": "1.0",
         "truncation": None,
