@@ -15,8 +15,6 @@ from oss_serve.env import vocab_visible_to_harmony
 
 
 class BenchTokenizer(Protocol):
-    name: str
-
     def encode(self, text: str) -> list[int]: ...
 
     def decode(self, token_ids: list[int]) -> str: ...
@@ -30,7 +28,6 @@ class HFTokenizer:
     def __init__(self, tokenizer_json: Path) -> None:
         from tokenizers import Tokenizer
 
-        self.name = str(tokenizer_json)
         self._tokenizer = Tokenizer.from_file(str(tokenizer_json))
         self._special_ids = set(self._tokenizer.get_added_tokens_decoder().keys())
 
@@ -51,7 +48,6 @@ class HarmonyTokenizer:
     def __init__(self) -> None:
         import openai_harmony
 
-        self.name = "o200k_harmony"
         try:
             with vocab_visible_to_harmony():
                 name = openai_harmony.HarmonyEncodingName.HARMONY_GPT_OSS
