@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,14 +49,6 @@ def _error_message(body: Any) -> str | None:
     return None
 
 
-def _load_json(event: SSEEvent) -> dict[str, Any] | None:
-    try:
-        body = json.loads(event.data)
-    except ValueError:
-        return None
-    return body if isinstance(body, dict) else None
-
-
 class Backend:
     name: str = ""
     path: str = ""
@@ -76,6 +67,18 @@ class Backend:
 
 class StreamReader:
     def read(self, event: SSEEvent) -> StreamUpdate:
+        if event.data.strip() == "[DONE]":
+            return StreamUpdate(done=True)
+        try:
+            body = json.loads(event.data)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            return StreamUpdate(error=f"unparseable event: {event.data[:200]}")
+        return self.read_body(body, event)
+
+    def read_body(self, body: dict[str, Any], event: SSEEvent) -> StreamUpdate:
+        """One event whose data is a JSON object."""
         raise NotImplementedError
 
 
@@ -88,19 +91,13 @@ class NativeReader(StreamReader):
         self._text_so_far = ""
         self._tokens_so_far = 0
 
-    def read(self, event: SSEEvent) -> StreamUpdate:
-        if event.data.strip() == "[DONE]":
-            return StreamUpdate(done=True)
-        body = _load_json(event)
-        if body is None:
-            return StreamUpdate(error=f"unparseable event: {event.data[:200]}")
+    def read_body(self, body: dict[str, Any], event: SSEEvent) -> StreamUpdate:
         if (error := _error_message(body)) is not None:
             return StreamUpdate(error=error, done=True)
         text = str(body.get("text", ""))
         delta = text[len(self._text_so_far):] if text.startswith(self._text_so_far) else text
         self._text_so_far = text
-        meta = body.get("meta_info") or {}
-        tokens = meta.get("completion_tokens")
+        tokens = (body.get("meta_info") or {}).get("completion_tokens")
         if tokens is None:
             return StreamUpdate(text=delta)
         grew = int(tokens) > self._tokens_so_far
@@ -150,26 +147,17 @@ def _chat_text(part: dict[str, Any]) -> str:
     return "".join(str(piece) for piece in pieces)
 
 
-def _completion_text(choice: dict[str, Any]) -> str:
-    return str(choice.get("text") or "")
-
-
 class ChoicesReader(StreamReader):
     """Completions and chat chunks: the new text of every choice; usage in the last chunk."""
 
-    def __init__(self, text_of: Callable[[dict[str, Any]], str]) -> None:
-        self.text_of = text_of
+    def __init__(self, backend: CompletionsBackend) -> None:
+        self.backend = backend
 
-    def read(self, event: SSEEvent) -> StreamUpdate:
-        if event.data.strip() == "[DONE]":
-            return StreamUpdate(done=True)
-        body = _load_json(event)
-        if body is None:
-            return StreamUpdate(error=f"unparseable event: {event.data[:200]}")
+    def read_body(self, body: dict[str, Any], event: SSEEvent) -> StreamUpdate:
         if (error := _error_message(body)) is not None:
             return StreamUpdate(error=error, done=True)
-        text = "".join(self.text_of(choice) for choice in body.get("choices") or [])
-        return StreamUpdate(text=text, output_tokens=_usage_tokens(body, "completion_tokens"))
+        return StreamUpdate(text=self.backend.choices_text(body, streamed=True),
+                            output_tokens=_usage_tokens(body, "completion_tokens"))
 
 
 class CompletionsBackend(Backend):
@@ -182,13 +170,11 @@ class CompletionsBackend(Backend):
     def prompt_fields(self, request: BenchRequest) -> dict[str, Any]:
         return {"prompt": request.prompt}
 
-    @staticmethod
-    def chunk_text(choice: dict[str, Any]) -> str:
-        return _completion_text(choice)
+    def choice_text(self, choice: dict[str, Any], streamed: bool) -> str:
+        return str(choice.get("text") or "")
 
-    @staticmethod
-    def reply_text(choice: dict[str, Any]) -> str:
-        return _completion_text(choice)
+    def choices_text(self, body: dict[str, Any], streamed: bool) -> str:
+        return "".join(self.choice_text(choice, streamed) for choice in body.get("choices") or [])
 
     def payload(self, request: BenchRequest, model: str, stream: bool, ignore_eos: bool) -> dict[str, Any]:
         body: dict[str, Any] = {"model": model, **self.prompt_fields(request), "temperature": 0.0,
@@ -198,13 +184,13 @@ class CompletionsBackend(Backend):
         return body
 
     def new_reader(self) -> StreamReader:
-        return ChoicesReader(self.chunk_text)
+        return ChoicesReader(self)
 
     def read_response(self, body: dict[str, Any]) -> StreamUpdate:
         if (error := _error_message(body)) is not None:
             return StreamUpdate(error=error, done=True)
-        text = "".join(self.reply_text(choice) for choice in body.get("choices") or [])
-        return StreamUpdate(text=text, output_tokens=_usage_tokens(body, "completion_tokens"), done=True)
+        return StreamUpdate(text=self.choices_text(body, streamed=False),
+                            output_tokens=_usage_tokens(body, "completion_tokens"), done=True)
 
 
 class ChatBackend(CompletionsBackend):
@@ -214,13 +200,8 @@ class ChatBackend(CompletionsBackend):
     def prompt_fields(self, request: BenchRequest) -> dict[str, Any]:
         return {"messages": [{"role": "user", "content": request.prompt}]}
 
-    @staticmethod
-    def chunk_text(choice: dict[str, Any]) -> str:
-        return _chat_text(choice.get("delta") or {})
-
-    @staticmethod
-    def reply_text(choice: dict[str, Any]) -> str:
-        return _chat_text(choice.get("message") or {})
+    def choice_text(self, choice: dict[str, Any], streamed: bool) -> str:
+        return _chat_text(choice.get("delta" if streamed else "message") or {})
 
 
 # --- OpenAI /v1/responses -----------------------------------------------------------------------
@@ -242,12 +223,7 @@ def _response_output_text(response: dict[str, Any]) -> str:
 class ResponsesReader(StreamReader):
     _FINAL = ("response.completed", "response.incomplete")
 
-    def read(self, event: SSEEvent) -> StreamUpdate:
-        if event.data.strip() == "[DONE]":
-            return StreamUpdate(done=True)
-        body = _load_json(event)
-        if body is None:
-            return StreamUpdate(error=f"unparseable event: {event.data[:200]}")
+    def read_body(self, body: dict[str, Any], event: SSEEvent) -> StreamUpdate:
         event_type = body.get("type") or event.event or ""
         if event_type.endswith(".delta") and isinstance(body.get("delta"), str):
             return StreamUpdate(text=body["delta"])

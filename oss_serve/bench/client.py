@@ -13,14 +13,21 @@ from oss_serve.bench.metrics import RequestOutput
 from oss_serve.bench.sse import SSEParser, iter_sse_lines
 
 
-def _record_update(output: RequestOutput, update: StreamUpdate, arrival: float, tokens_seen: list[int]) -> None:
-    """Fold one parsed chunk into `output`; `tokens_seen[0]` keeps the server's highest token count."""
+def _record_update(output: RequestOutput, update: StreamUpdate, arrival: float, tokens_seen: list[int]) -> bool:
+    """Fold one parsed chunk into `output`; `tokens_seen[0]` keeps the server's highest token count.
+
+    False, with `output.error` set, when the chunk reports an error.
+    """
+    if update.error:
+        output.error = update.error
+        return False
     if update.output_tokens is not None:
         tokens_seen[0] = max(tokens_seen[0], update.output_tokens)
     if update.is_token_chunk:
         output.token_chunk_times.append(arrival)
     output.generated_text += update.text
     output.end_time = arrival
+    return True
 
 
 async def send_request(client: httpx.AsyncClient, base_url: str, backend: Backend, request: BenchRequest,
@@ -35,34 +42,20 @@ async def send_request(client: httpx.AsyncClient, base_url: str, backend: Backen
             if response.status_code != 200:
                 body = (await response.aread()).decode("utf-8", "replace")
                 output.error = f"HTTP {response.status_code}: {body[:500]}"
-                output.end_time = time.perf_counter()
-                return output
-            if stream:
+            elif stream:
                 reader = backend.new_reader()
                 parser = SSEParser()
                 async for line in iter_sse_lines(response.aiter_bytes()):
-                    event = parser.feed_line(line)
-                    if event is None:
+                    if (event := parser.feed_line(line)) is None:
                         continue
-                    update = reader.read(event)
-                    if update.error:
-                        output.error = update.error
+                    if not _record_update(output, reader.read(event), time.perf_counter(), tokens_seen):
                         break
-                    _record_update(output, update, time.perf_counter(), tokens_seen)
-                if (last := parser.finish()) is not None and not output.error:
-                    update = reader.read(last)
-                    if update.error:
-                        output.error = update.error
-                    else:
-                        _record_update(output, update, time.perf_counter(), tokens_seen)
+                if not output.error and (last := parser.finish()) is not None:
+                    _record_update(output, reader.read(last), time.perf_counter(), tokens_seen)
             else:
                 body_bytes = await response.aread()
                 arrival = time.perf_counter()
-                update = backend.read_response(json.loads(body_bytes))
-                if update.error:
-                    output.error = update.error
-                else:
-                    _record_update(output, update, arrival, tokens_seen)
+                _record_update(output, backend.read_response(json.loads(body_bytes)), arrival, tokens_seen)
     except Exception as exc:  # connection refused, reset, timeout, bad JSON: a failed request, not a crash
         output.error = f"{type(exc).__name__}: {exc}"
         output.end_time = time.perf_counter()

@@ -50,17 +50,13 @@ class RandomTextMaker:
                 text = self.tokenizer.decode([token_id])
             except Exception:  # ids that are only part of a UTF-8 sequence
                 continue
-            if self._WORD.fullmatch(text):
+            # Only words that come back as the same single token (vocabularies can hold duplicates).
+            if self._WORD.fullmatch(text) and self.tokenizer.encode(text) == [token_id]:
                 word_ids.append(token_id)
-        # Keep only words that come back as the same single token (vocabularies can hold duplicates).
-        return np.asarray([i for i in word_ids if self.tokenizer.encode(self.tokenizer.decode([i])) == [i]],
-                          dtype=np.int64)
+        return np.asarray(word_ids, dtype=np.int64)
 
     def random_ids(self, count: int) -> list[int]:
-        if len(self.word_ids) == 0:
-            pool = np.asarray(self.tokenizer.ordinary_token_ids(), dtype=np.int64)
-        else:
-            pool = self.word_ids
+        pool = self.word_ids if len(self.word_ids) else np.asarray(self.tokenizer.ordinary_token_ids(), dtype=np.int64)
         return [int(i) for i in self.rng.choice(pool, size=count)]
 
     def make(self, num_tokens: int) -> tuple[str, int]:
@@ -83,11 +79,7 @@ def random_dataset(tokenizer: BenchTokenizer, num_prompts: int, input_len: int, 
     input_lens = sample_lengths(rng, input_len, range_ratio, num_prompts)
     output_lens = sample_lengths(rng, output_len, range_ratio, num_prompts)
     maker = RandomTextMaker(tokenizer, rng)
-    requests = []
-    for prompt_len, out_len in zip(input_lens, output_lens):
-        text, measured_len = maker.make(prompt_len)
-        requests.append(BenchRequest(text, measured_len, out_len))
-    return requests
+    return [BenchRequest(*maker.make(prompt_len), out_len) for prompt_len, out_len in zip(input_lens, output_lens)]
 
 
 def random_ids_dataset(tokenizer: BenchTokenizer, num_prompts: int, input_len: int, output_len: int,

@@ -85,28 +85,19 @@ def _in_ms(values: list[float]) -> np.ndarray:
     return np.asarray(values, dtype=np.float64) * 1000.0
 
 
-def _mean(values: np.ndarray) -> float:
-    return float(values.mean()) if values.size else 0.0
-
-
-def _median(values: np.ndarray) -> float:
-    return float(np.median(values)) if values.size else 0.0
-
-
-def _std(values: np.ndarray) -> float:
-    return float(values.std()) if values.size else 0.0
-
-
-def _percentile(values: np.ndarray, q: float) -> float:
+def _latency_stats(name: str, ms: np.ndarray, percentiles: tuple[int, ...]) -> dict[str, float]:
+    """Mean, median, std and percentiles, as `{stat}_{name}_ms`; all 0 when there are no values."""
+    if not ms.size:
+        ms = np.zeros(1)
+    stats = {f"mean_{name}_ms": float(ms.mean()), f"median_{name}_ms": float(np.median(ms)),
+             f"std_{name}_ms": float(ms.std())}
     # Linear interpolation between closest ranks (numpy's default), as the usual clients report.
-    return float(np.percentile(values, q)) if values.size else 0.0
+    return stats | {f"p{q}_{name}_ms": float(np.percentile(ms, q)) for q in percentiles}
 
 
 def compute_metrics(outputs: list[RequestOutput], duration: float) -> BenchmarkMetrics:
     done = [output for output in outputs if output.success]
     e2e = _in_ms([output.e2e_latency for output in done])
-    ttft = _in_ms([output.ttft for output in done])
-    tpot = _in_ms([tpot for output in done if (tpot := output.tpot) is not None])
     itl = _in_ms([gap for output in done for gap in output.itls])
     total_input = sum(output.prompt_len for output in done)
     total_output = sum(output.output_len for output in done)
@@ -123,22 +114,9 @@ def compute_metrics(outputs: list[RequestOutput], duration: float) -> BenchmarkM
         output_throughput=total_output * per_second,
         total_throughput=(total_input + total_output) * per_second,
         concurrency=float(e2e.sum()) / 1000.0 * per_second,
-        mean_e2e_latency_ms=_mean(e2e),
-        median_e2e_latency_ms=_median(e2e),
-        std_e2e_latency_ms=_std(e2e),
-        p99_e2e_latency_ms=_percentile(e2e, 99),
-        mean_ttft_ms=_mean(ttft),
-        median_ttft_ms=_median(ttft),
-        std_ttft_ms=_std(ttft),
-        p99_ttft_ms=_percentile(ttft, 99),
-        mean_tpot_ms=_mean(tpot),
-        median_tpot_ms=_median(tpot),
-        std_tpot_ms=_std(tpot),
-        p99_tpot_ms=_percentile(tpot, 99),
-        mean_itl_ms=_mean(itl),
-        median_itl_ms=_median(itl),
-        std_itl_ms=_std(itl),
-        p95_itl_ms=_percentile(itl, 95),
-        p99_itl_ms=_percentile(itl, 99),
+        **_latency_stats("e2e_latency", e2e, (99,)),
+        **_latency_stats("ttft", _in_ms([output.ttft for output in done]), (99,)),
+        **_latency_stats("tpot", _in_ms([tpot for output in done if (tpot := output.tpot) is not None]), (99,)),
+        **_latency_stats("itl", itl, (95, 99)),
         max_itl_ms=float(itl.max()) if itl.size else 0.0,
     )

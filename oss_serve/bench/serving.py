@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import sys
 import time
+from collections.abc import Awaitable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -129,29 +131,26 @@ async def run_benchmark(base_url: str, backend: Backend, model: str, requests: l
     timeout = httpx.Timeout(None, connect=60.0)
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=max_concurrency or 1024)
     async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+        def send(request: BenchRequest) -> Awaitable[RequestOutput]:
+            return send_request(client, base_url, backend, request, model, stream, ignore_eos, extra_body, headers)
+
         if warmup_requests > 0 and requests:
             warmups = [replace(requests[i % len(requests)],
                                output_len=min(requests[i % len(requests)].output_len, WARMUP_OUTPUT_LEN))
                        for i in range(warmup_requests)]
             print(f"Starting warmup with {len(warmups)} sequences...")
-            warmup_outputs = await asyncio.gather(*(send_request(client, base_url, backend, w, model, stream,
-                                                                 ignore_eos, extra_body, headers) for w in warmups))
+            warmup_outputs = await asyncio.gather(*(send(w) for w in warmups))
             if not any(output.success for output in warmup_outputs):
                 raise RuntimeError(f"warmup failed, is the server up at {base_url}? "
                                    f"First error: {warmup_outputs[0].error}")
             print("Warmup completed. Starting main benchmark run...")
 
-        limiter = asyncio.Semaphore(max_concurrency) if max_concurrency else None
+        limiter = asyncio.Semaphore(max_concurrency) if max_concurrency else contextlib.nullcontext()
         progress = tqdm(total=len(requests), disable=not show_progress)
 
         async def send_limited(request: BenchRequest) -> RequestOutput:
-            if limiter is None:
-                output = await send_request(client, base_url, backend, request, model, stream, ignore_eos,
-                                            extra_body, headers)
-            else:
-                async with limiter:
-                    output = await send_request(client, base_url, backend, request, model, stream, ignore_eos,
-                                                extra_body, headers)
+            async with limiter:
+                output = await send(request)
             progress.update(1)
             return output
 

@@ -22,7 +22,7 @@ class SSEParser:
         """Feed one line (without or with its line ending); returns an event when one completes."""
         line = line.rstrip("\r\n")
         if not line:
-            return self._dispatch()
+            return self.finish()
         if line.startswith(":"):
             return None
         field, _, value = line.partition(":")
@@ -35,10 +35,7 @@ class SSEParser:
         return None
 
     def finish(self) -> SSEEvent | None:
-        """The last event of a stream that ended without a blank line."""
-        return self._dispatch()
-
-    def _dispatch(self) -> SSEEvent | None:
+        """The pending event: dispatched at a blank line, or at the end of a stream that ended without one."""
         if not self._data_lines:
             self._event_name = None
             return None

@@ -7,6 +7,7 @@ encoding, which has the same ids as the checkpoints' `tokenizer.json`.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Protocol
 
@@ -14,8 +15,6 @@ from oss_serve.env import vocab_visible_to_harmony
 
 
 class BenchTokenizer(Protocol):
-    name: str
-
     def encode(self, text: str) -> list[int]: ...
 
     def decode(self, token_ids: list[int]) -> str: ...
@@ -29,7 +28,6 @@ class HFTokenizer:
     def __init__(self, tokenizer_json: Path) -> None:
         from tokenizers import Tokenizer
 
-        self.name = str(tokenizer_json)
         self._tokenizer = Tokenizer.from_file(str(tokenizer_json))
         self._special_ids = set(self._tokenizer.get_added_tokens_decoder().keys())
 
@@ -50,7 +48,6 @@ class HarmonyTokenizer:
     def __init__(self) -> None:
         import openai_harmony
 
-        self.name = "o200k_harmony"
         try:
             with vocab_visible_to_harmony():
                 name = openai_harmony.HarmonyEncodingName.HARMONY_GPT_OSS
@@ -110,8 +107,6 @@ def _folder_is_gpt_oss(path: Path) -> bool:
     config = path / "config.json"
     if not config.is_file():
         return False
-    import json
-
     try:
         return json.loads(config.read_text()).get("model_type") == "gpt_oss"
     except (OSError, ValueError):

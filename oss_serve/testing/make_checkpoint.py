@@ -45,60 +45,23 @@ class CheckpointPreset:
 
 
 PRESETS: dict[str, CheckpointPreset] = {
-    "tiny": CheckpointPreset(
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        num_local_experts=4,
-        num_experts_per_tok=2,
-        intermediate_size=64,
-        sliding_window=8,
-    ),
-    "mini": CheckpointPreset(
-        hidden_size=512,
-        num_hidden_layers=8,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-        head_dim=64,
-        num_local_experts=16,
-        num_experts_per_tok=4,
-        intermediate_size=512,
-        sliding_window=128,
-    ),
+    "tiny": CheckpointPreset(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                             head_dim=16, num_local_experts=4, num_experts_per_tok=2, intermediate_size=64,
+                             sliding_window=8),
+    "mini": CheckpointPreset(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2,
+                             head_dim=64, num_local_experts=16, num_experts_per_tok=4, intermediate_size=512,
+                             sliding_window=128),
     # The real models' shapes, for `--config-only` folders that `--load-format dummy` fills with
     # random weights: benchmarks at full size without a download.
-    "gpt-oss-20b": CheckpointPreset(
-        hidden_size=2880,
-        num_hidden_layers=24,
-        num_attention_heads=64,
-        num_key_value_heads=8,
-        head_dim=64,
-        num_local_experts=32,
-        num_experts_per_tok=4,
-        intermediate_size=2880,
-        sliding_window=128,
-    ),
-    "gpt-oss-120b": CheckpointPreset(
-        hidden_size=2880,
-        num_hidden_layers=36,
-        num_attention_heads=64,
-        num_key_value_heads=8,
-        head_dim=64,
-        num_local_experts=128,
-        num_experts_per_tok=4,
-        intermediate_size=2880,
-        sliding_window=128,
-    ),
+    "gpt-oss-20b": CheckpointPreset(hidden_size=2880, num_hidden_layers=24, num_attention_heads=64,
+                                    num_key_value_heads=8, head_dim=64, num_local_experts=32, num_experts_per_tok=4,
+                                    intermediate_size=2880, sliding_window=128),
+    "gpt-oss-120b": CheckpointPreset(hidden_size=2880, num_hidden_layers=36, num_attention_heads=64,
+                                     num_key_value_heads=8, head_dim=64, num_local_experts=128, num_experts_per_tok=4,
+                                     intermediate_size=2880, sliding_window=128),
 }
 
-MXFP4_MODULES_NOT_CONVERTED = [
-    "model.layers.*.self_attn",
-    "model.layers.*.mlp.router",
-    "model.embed_tokens",
-    "lm_head",
-]
+MXFP4_MODULES_NOT_CONVERTED = ["model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]
 
 
 def build_config(preset: CheckpointPreset, mxfp4: bool) -> dict:
@@ -300,18 +263,10 @@ def make_checkpoint(out_dir: str | Path, preset: str = "tiny", mxfp4: bool = Fal
     # Logits with a std of about 2 so that greedy decoding moves between tokens.
     lm_head = sampler.normal((VOCAB_SIZE, dims.hidden_size), std=2.0 / math.sqrt(dims.hidden_size))
 
-    layer_groups = _shard_layer_groups(dims.num_hidden_layers)
-    shards: list[dict[str, torch.Tensor]] = []
-    for shard_index, layers in enumerate(layer_groups):
-        shard: dict[str, torch.Tensor] = {}
-        if shard_index == 0:
-            shard["model.embed_tokens.weight"] = embed_tokens
-        for layer in layers:
-            shard.update(layer_tensors[layer])
-        if shard_index == len(layer_groups) - 1:
-            shard["model.norm.weight"] = final_norm
-            shard["lm_head.weight"] = lm_head
-        shards.append(shard)
+    shards = [{name: tensor for layer in layers for name, tensor in layer_tensors[layer].items()}
+              for layers in _shard_layer_groups(dims.num_hidden_layers)]
+    shards[0] = {"model.embed_tokens.weight": embed_tokens, **shards[0]}
+    shards[-1].update({"model.norm.weight": final_norm, "lm_head.weight": lm_head})
 
     weight_map: dict[str, str] = {}
     total_size = 0

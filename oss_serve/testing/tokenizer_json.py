@@ -42,17 +42,15 @@ from oss_serve.harmony.encoding import (
 BUILD_FORMAT_VERSION = 1
 
 # tiktoken's pre-tokenizer pattern for o200k_base (and so o200k_harmony).
-O200K_PATTERN = "|".join(
-    [
-        r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
-        r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
-        r"\p{N}{1,3}",
-        r" ?[^\s\p{L}\p{N}]+[\r\n/]*",
-        r"\s*[\r\n]+",
-        r"\s+(?!\S)",
-        r"\s+",
-    ]
-)
+O200K_PATTERN = "|".join([
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+    r"\p{N}{1,3}",
+    r" ?[^\s\p{L}\p{N}]+[\r\n/]*",
+    r"\s*[\r\n]+",
+    r"\s+(?!\S)",
+    r"\s+",
+])
 
 
 def byte_to_unicode_table() -> list[str]:
@@ -61,33 +59,15 @@ def byte_to_unicode_table() -> list[str]:
     Printable Latin-1 bytes map to themselves; the rest are shifted to code points from 256
     up, in byte order.
     """
-    printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    printable_set = set(printable)
-    table: list[str] = []
-    next_shifted = 256
-    for byte in range(256):
-        if byte in printable_set:
-            table.append(chr(byte))
-        else:
-            table.append(chr(next_shifted))
-            next_shifted += 1
-    return table
+    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}
+    shifted = iter(range(256, 512))
+    return [chr(byte) if byte in printable else chr(next(shifted)) for byte in range(256)]
 
 
 def load_tiktoken_ranks(vocab_file: Path) -> dict[bytes, int]:
     """Parse a `.tiktoken` file: one `base64(token bytes) rank` per line."""
-    ranks: dict[bytes, int] = {}
-    with open(vocab_file, "rb") as lines:
-        for line in lines:
-            if not line.strip():
-                continue
-            encoded, rank = line.split()
-            ranks[base64.b64decode(encoded)] = int(rank)
-    return ranks
+    pairs = (line.split() for line in vocab_file.read_bytes().splitlines() if line.strip())
+    return {base64.b64decode(encoded): int(rank) for encoded, rank in pairs}
 
 
 def _bpe_parts_below_rank(token: bytes, ranks: dict[bytes, int], rank_limit: int) -> list[bytes]:
@@ -142,18 +122,8 @@ def build_tokenizer_json(vocab_file: Path) -> dict[str, Any]:
 
     vocab = {as_text(token): rank for token, rank in ranks.items()}
     merges = [[as_text(left), as_text(right)] for left, right in derive_merges(ranks)]
-    added_tokens = [
-        {
-            "id": token_id,
-            "content": text,
-            "single_word": False,
-            "lstrip": False,
-            "rstrip": False,
-            "normalized": False,
-            "special": True,
-        }
-        for token_id, text in special_tokens()
-    ]
+    added_tokens = [{"id": token_id, "content": text, "single_word": False, "lstrip": False, "rstrip": False,
+                     "normalized": False, "special": True} for token_id, text in special_tokens()]
     return {
         "version": "1.0",
         "truncation": None,

@@ -57,12 +57,8 @@ def normalize_number(text: str) -> float | None:
     cleaned = re.sub(r"\\text\{([^}]*)\}", r"\1", text).replace("\\$", "").replace("$", "").replace("\\!", "")
     cleaned = re.sub(r"\\(?:dfrac|frac)\{(-?\d+)\}\{(\d+)\}", lambda m: str(int(m[1]) / int(m[2])), cleaned)
     match = _NUMBER.search(cleaned)
-    if match is None:
-        return None
-    try:
-        return float(match.group(0).replace(",", ""))
-    except ValueError:
-        return None
+    # _NUMBER's matches, commas removed, are always valid floats.
+    return None if match is None else float(match.group(0).replace(",", ""))
 
 
 def extract_final_number(text: str) -> float | None:
@@ -74,12 +70,7 @@ def extract_final_number(text: str) -> float | None:
         if (value := normalize_number(line)) is not None:
             return value
     numbers = _NUMBER.findall(text.replace("$", ""))
-    for number in reversed(numbers):
-        try:
-            return float(number.replace(",", ""))
-        except ValueError:
-            continue
-    return None
+    return float(numbers[-1].replace(",", "")) if numbers else None
 
 
 def extract_aime_answer(text: str) -> int | None:

@@ -1,6 +1,7 @@
 """An eval run on disk: the full JSON record and a self-contained HTML page to read it by eye."""
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import re
@@ -42,6 +43,6 @@ def write_reports(summary: EvalSummary, output_dir: Path, timestamp: str) -> tup
     stem = report_stem(summary, timestamp)
     json_path = output_dir / f"{stem}.json"
     html_path = output_dir / f"{stem}.html"
-    json_path.write_text(json.dumps(summary.to_dict(), indent=2), encoding="utf-8")
+    json_path.write_text(json.dumps(dataclasses.asdict(summary), indent=2), encoding="utf-8")
     html_path.write_text(render_html(summary), encoding="utf-8")
     return json_path, html_path

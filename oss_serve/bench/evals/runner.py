@@ -3,8 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
 
 import numpy as np
 from tqdm import tqdm
@@ -44,9 +43,6 @@ class EvalSummary:
         return (f"{self.eval_name} ({self.sampler}, reasoning {self.reasoning_effort}): "
                 f"score {self.score:.4f}, std {self.std:.4f}, {self.num_examples} examples, "
                 f"{self.num_failed} failed, mean output {self.mean_output_chars:.1f} chars")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def run_eval(task: EvalTask, examples: list[EvalExample], sample: Callable[[str], SamplerReply], *, n_repeats: int,

@@ -5,9 +5,7 @@ Prompts follow the published evals' wording so that scores stay comparable with 
 from __future__ import annotations
 
 import random
-import re
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from oss_serve.bench.evals.data import read_csv_rows, read_jsonl_rows
 from oss_serve.bench.evals.grading import (
@@ -34,7 +32,6 @@ class EvalExample:
     example_id: str
     prompt: str
     reference: str  # the correct letter, or the correct number as text
-    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -78,21 +75,19 @@ class GPQATask(MultipleChoiceTask):
             shuffled = [choices[i].strip() for i in permutation]
             correct_letter = "ABCD"[permutation.index(0)]
             prompt = MULTIPLE_CHOICE_PROMPT.format(question=row["Question"].strip(), **dict(zip("ABCD", shuffled)))
-            examples.append(EvalExample(f"gpqa-{index}", prompt, correct_letter,
-                                        {"domain": row.get("High-level domain", "")}))
+            examples.append(EvalExample(f"gpqa-{index}", prompt, correct_letter))
         return examples
 
 
 class MMLUTask(MultipleChoiceTask):
     name = "mmlu"
-    default_repeats = 1
 
     def load_examples(self, dataset_texts: list[str]) -> list[EvalExample]:
         rows = [row for text in dataset_texts for row in read_csv_rows(text)]
         return [EvalExample(f"mmlu-{index}",
                             MULTIPLE_CHOICE_PROMPT.format(question=row["Question"].strip(),
                                                           **{letter: row[letter] for letter in "ABCD"}),
-                            row["Answer"].strip().upper(), {"subject": row.get("Subject", "")})
+                            row["Answer"].strip().upper())
                 for index, row in enumerate(rows)]
 
 
@@ -115,17 +110,13 @@ class AIME25Task(EvalTask):
 
 class GSM8KTask(EvalTask):
     name = "gsm8k"
-    default_repeats = 1
 
     def load_examples(self, dataset_texts: list[str]) -> list[EvalExample]:
         rows = [row for text in dataset_texts for row in read_jsonl_rows(text)]
-        examples = []
-        for index, row in enumerate(rows):
-            # The reference solution ends with "#### <number>".
-            reference = re.split(r"####", str(row["answer"]))[-1].strip().replace(",", "")
-            examples.append(EvalExample(f"gsm8k-{index}", GSM8K_PROMPT.format(question=row["question"].strip()),
-                                        reference))
-        return examples
+        # The reference solution ends with "#### <number>".
+        return [EvalExample(f"gsm8k-{index}", GSM8K_PROMPT.format(question=row["question"].strip()),
+                            str(row["answer"]).split("####")[-1].strip().replace(",", ""))
+                for index, row in enumerate(rows)]
 
     def grade(self, example: EvalExample, reply: str) -> Grade:
         value = extract_final_number(reply)
