@@ -28,12 +28,12 @@ MAX_HEADER_TOKENS = 48
 MAX_PENDING_DECODE_TOKENS = 8
 _CONSTRAIN_WORD = re.compile(r"<\|constrain\|>\s*([^\s<]*)")
 _LEADING_HEADER_WORDS = re.compile(r"^\s*(?:(?:assistant|analysis|commentary|final|json|code|to=\S*)(?:\s+|$))*")
-_MESSAGE_TERMINATORS = {harmony_ids.END, harmony_ids.RETURN, harmony_ids.CALL, harmony_ids.ENDOFTEXT}
+_TERMINATOR_NAMES = {harmony_ids.END: "end", harmony_ids.RETURN: "return", harmony_ids.CALL: "call",
+                     harmony_ids.ENDOFTEXT: "return"}
 
 
 @dataclass
 class ParsedMessage:
-    """One message of model output."""
     channel: str | None = None
     recipient: str | None = None  # normalised: "functions.NAME", "browser.search", "python", ...
     content_type: str | None = None  # "json", "code", ...
@@ -134,13 +134,10 @@ class HarmonyOutputParser:
     def _feed_between(self, token_id: int, special: bool, events: list[ParseEvent]) -> None:
         if token_id == harmony_ids.START:
             self._header = _Header()
-        elif token_id == harmony_ids.CHANNEL:
-            # `<|end|><|channel|>final...`: the model forgot `<|start|>assistant`.
-            self._header = _Header(explicit=False)
-            self._feed_header(token_id, special, events)
-        elif not special:
-            # Text after `<|end|>` without a new `<|start|>`: a header missing its start, or
-            # plain text. Which one shows at `<|message|>` or at the header's length limit.
+        elif token_id == harmony_ids.CHANNEL or not special:
+            # `<|end|><|channel|>final...`: the model forgot `<|start|>assistant`. Text after `<|end|>`
+            # without a new `<|start|>`: a header missing its start, or plain text. Which one shows at
+            # `<|message|>` or at the header's length limit.
             self._header = _Header(explicit=False)
             self._feed_header(token_id, special, events)
         # other specials between messages carry nothing
@@ -153,7 +150,7 @@ class HarmonyOutputParser:
             self._open_message(self._parse_header(header), events)
         elif token_id == harmony_ids.START:
             self._header = _Header()  # a restarted header replaces the broken one
-        elif token_id in _MESSAGE_TERMINATORS:
+        elif token_id in _TERMINATOR_NAMES:
             self._header_to_text(events, terminator=token_id)
         elif special:
             if token_id in (harmony_ids.CHANNEL, harmony_ids.CONSTRAIN):
@@ -169,7 +166,7 @@ class HarmonyOutputParser:
             self._pending_ids.append(token_id)
             self._open.token_count += 1  # type: ignore[union-attr]
             return
-        if token_id in _MESSAGE_TERMINATORS:
+        if token_id in _TERMINATOR_NAMES:
             self._close(token_id, events)
         elif token_id == harmony_ids.START:
             self._close(None, events)
@@ -192,9 +189,7 @@ class HarmonyOutputParser:
         self._flush_text(events, final=True)
         message = self._open
         assert message is not None
-        message.terminator = {harmony_ids.END: "end", harmony_ids.RETURN: "return",
-                              harmony_ids.CALL: "call", harmony_ids.ENDOFTEXT: "return"}.get(
-                                  terminator_id)  # type: ignore[assignment]
+        message.terminator = _TERMINATOR_NAMES.get(terminator_id)  # type: ignore[arg-type, assignment]
         self._open = None
         events.append(ParseEvent("end", len(self.messages) - 1, message))
 
@@ -230,8 +225,7 @@ class HarmonyOutputParser:
         if not text.strip():
             return
         # Stray text after a finished message reads as the answer, whatever came before it.
-        self._open_message(ParsedMessage(channel="final", token_count=header.token_count), events)
-        self._open.text += text  # type: ignore[union-attr]
+        self._open_message(ParsedMessage(channel="final", text=text, token_count=header.token_count), events)
         events.append(ParseEvent("text", len(self.messages) - 1, self.messages[-1], text))
         if terminator is not None:
             self._close(terminator, events)
@@ -257,8 +251,7 @@ class HarmonyOutputParser:
                 if recipient_raw is None:  # a duplicated `to=` repeats the first
                     recipient_raw = word[3:]
                 continue
-            in_role_part = position < len(role_words)
-            if in_role_part and position == 0 and word in ROLES:
+            if position == 0 and role_words and word in ROLES:
                 role = word
             elif word in CHANNELS and channel is None:
                 channel = word
