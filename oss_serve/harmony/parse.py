@@ -92,13 +92,9 @@ class HarmonyOutputParser:
         self.builtin_namespaces = set(builtin_namespaces)
         self.messages: list[ParsedMessage] = []
         self._header: _Header | None = None
-        self._open: ParsedMessage | None = None  # message whose content is being read
+        # The message whose content tokens are being read now (None between messages and in headers).
+        self.open_message: ParsedMessage | None = None
         self._pending_ids: list[int] = []  # content tokens not yet decodable to whole characters
-
-    @property
-    def open_message(self) -> ParsedMessage | None:
-        """The message whose content tokens are being read now (None between messages and in headers)."""
-        return self._open
 
     def start_assistant_reply(self, prefill_ids: Sequence[int] = ()) -> list[ParseEvent]:
         """Put the parser where the prompt leaves the model: inside `<|start|>assistant`."""
@@ -116,7 +112,7 @@ class HarmonyOutputParser:
         events: list[ParseEvent] = []
         if self._header is not None:
             self._header_to_text(events)
-        if self._open is not None:
+        if self.open_message is not None:
             self._close(None, events)
         return events
 
@@ -124,7 +120,7 @@ class HarmonyOutputParser:
 
     def _feed_one(self, token_id: int, events: list[ParseEvent]) -> None:
         special = harmony_ids.FIRST_SPECIAL_ID <= token_id <= harmony_ids.LAST_SPECIAL_ID
-        if self._open is not None:
+        if self.open_message is not None:
             self._feed_content(token_id, special, events)
         elif self._header is not None:
             self._feed_header(token_id, special, events)
@@ -147,7 +143,7 @@ class HarmonyOutputParser:
         assert header is not None
         if token_id == harmony_ids.MESSAGE:
             self._header = None
-            self._open_message(self._parse_header(header), events)
+            self._start_message(self._parse_header(header), events)
         elif token_id == harmony_ids.START:
             self._header = _Header()  # a restarted header replaces the broken one
         elif token_id in _TERMINATOR_NAMES:
@@ -164,7 +160,7 @@ class HarmonyOutputParser:
     def _feed_content(self, token_id: int, special: bool, events: list[ParseEvent]) -> None:
         if not special:
             self._pending_ids.append(token_id)
-            self._open.token_count += 1  # type: ignore[union-attr]
+            self.open_message.token_count += 1  # type: ignore[union-attr]
             return
         if token_id in _TERMINATOR_NAMES:
             self._close(token_id, events)
@@ -180,28 +176,28 @@ class HarmonyOutputParser:
 
     # --- messages ---
 
-    def _open_message(self, message: ParsedMessage, events: list[ParseEvent]) -> None:
+    def _start_message(self, message: ParsedMessage, events: list[ParseEvent]) -> None:
         self.messages.append(message)
-        self._open = message
+        self.open_message = message
         events.append(ParseEvent("start", len(self.messages) - 1, message))
 
     def _close(self, terminator_id: int | None, events: list[ParseEvent]) -> None:
         self._flush_text(events, final=True)
-        message = self._open
+        message = self.open_message
         assert message is not None
         message.terminator = _TERMINATOR_NAMES.get(terminator_id)  # type: ignore[arg-type, assignment]
-        self._open = None
+        self.open_message = None
         events.append(ParseEvent("end", len(self.messages) - 1, message))
 
     def _flush_text(self, events: list[ParseEvent], *, final: bool) -> None:
-        if self._open is None or not self._pending_ids:
+        if self.open_message is None or not self._pending_ids:
             return
         text = self._encoding.decode(self._pending_ids)
         if text.endswith("\ufffd") and not final and len(self._pending_ids) < MAX_PENDING_DECODE_TOKENS:
             return  # the rest of a multi-byte character is still to come
         self._pending_ids = []
-        self._open.text += text
-        events.append(ParseEvent("text", len(self.messages) - 1, self._open, text))
+        self.open_message.text += text
+        events.append(ParseEvent("text", len(self.messages) - 1, self.open_message, text))
 
     def _header_to_text(self, events: list[ParseEvent], terminator: int | None = None) -> None:
         """A header that never reached `<|message|>` becomes message text, its markup removed.
@@ -225,7 +221,7 @@ class HarmonyOutputParser:
         if not text.strip():
             return
         # Stray text after a finished message reads as the answer, whatever came before it.
-        self._open_message(ParsedMessage(channel="final", text=text, token_count=header.token_count), events)
+        self._start_message(ParsedMessage(channel="final", text=text, token_count=header.token_count), events)
         events.append(ParseEvent("text", len(self.messages) - 1, self.messages[-1], text))
         if terminator is not None:
             self._close(terminator, events)
@@ -305,5 +301,4 @@ def parse_output_text(text: str, *, function_names: Iterable[str] = ()) -> list[
     it continues an assistant reply."""
     ids = get_harmony_encoding().encode(text, allowed_special="all")
     starts_with_markup = bool(ids) and ids[0] in (harmony_ids.START, harmony_ids.CHANNEL)
-    return parse_output_tokens(ids, function_names=function_names,
-                               from_assistant_start=not starts_with_markup)
+    return parse_output_tokens(ids, function_names=function_names, from_assistant_start=not starts_with_markup)

@@ -32,8 +32,7 @@ class Linear(nn.Linear):
         return linear(x, self.weight, self.bias)
 
 
-def _linear(in_features: int, out_features: int, bias: bool, dtype: torch.dtype,
-            device: torch.device | str) -> Linear:
+def _linear(in_features: int, out_features: int, bias: bool, dtype: torch.dtype, device: torch.device | str) -> Linear:
     layer = Linear(in_features, out_features, bias=bias, dtype=dtype, device=device)
     layer.requires_grad_(False)
     return layer
@@ -74,8 +73,7 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn: AttentionBackend) -> torch.Tensor:
         T = x.shape[0]
-        qkv = linear(x, self.qkv_weight, self.qkv_bias).view(T, self.num_heads + 2 * self.num_kv_heads,
-                                                             self.head_dim)
+        qkv = linear(x, self.qkv_weight, self.qkv_bias).view(T, self.num_heads + 2 * self.num_kv_heads, self.head_dim)
         q, k, v = qkv.split([self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=1)
         out = attn.forward(self.layer_id, q, k, v, cos, sin, self.sinks, self.window, self.scale)
         return self.o_proj(out.reshape(T, self.num_heads * self.head_dim))
