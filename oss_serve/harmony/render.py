@@ -142,9 +142,7 @@ def render_prompt(history: Sequence[Message], settings: PromptSettings, *,
         if type(error).__name__ != "PanicException":
             raise
         raise UnrenderableText(f"openai-harmony failed to render the prompt ({error})") from None
-    if long_texts:
-        ids = _spliced(ids, long_texts, encode_text)  # type: ignore[arg-type]
-    return ids
+    return _spliced(ids, long_texts, encode_text) if long_texts else ids  # type: ignore[arg-type]
 
 
 def _spliced(ids: list[int], texts: dict[int, str], encode_text: Callable[[str], list[int]]) -> list[int]:

@@ -50,9 +50,7 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
+def resolve_dtype(dtype: str) -> torch.dtype:
     if dtype == "auto":
         # The checkpoints are bf16; CPUs without fast bf16 matmuls still run it correctly.
         return torch.bfloat16
@@ -89,7 +87,7 @@ def use_packed_mxfp4(config: ModelConfig, device: torch.device, moe_backend: str
                                                (moe_backend == "auto" and device.type == "cuda"))
 
 
-def load_model(model_path: str, *, dtype: str | torch.dtype = "auto", device: str = "auto",
+def load_model(model_path: str, *, dtype: str = "auto", device: str = "auto",
                load_format: str = "auto", revision: str | None = None, seed: int = 0,
                moe_backend: str = "auto", shard: TensorParallelShard | None = None) -> LoadedModel:
     """With `shard`, builds and loads only that tensor-parallel rank's part (`model.config` is then
