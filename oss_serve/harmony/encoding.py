@@ -50,7 +50,6 @@ NAMED_SPECIAL_TOKENS: dict[int, str] = {
 
 
 def special_token_name(token_id: int) -> str:
-    """The text of special token `token_id` as o200k_harmony spells it."""
     if not FIRST_SPECIAL_ID <= token_id <= LAST_SPECIAL_ID:
         raise ValueError(f"{token_id} is not a harmony special token id")
     return NAMED_SPECIAL_TOKENS.get(token_id, f"<|reserved_{token_id}|>")
@@ -58,7 +57,6 @@ def special_token_name(token_id: int) -> str:
 
 @functools.cache
 def get_harmony_encoding() -> HarmonyEncoding:
-    """openai-harmony's HARMONY_GPT_OSS encoding, loaded once per process."""
     with vocab_visible_to_harmony():
         return load_harmony_encoding(HarmonyEncodingName.HARMONY_GPT_OSS)
 

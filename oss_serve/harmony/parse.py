@@ -28,12 +28,12 @@ MAX_HEADER_TOKENS = 48
 MAX_PENDING_DECODE_TOKENS = 8
 _CONSTRAIN_WORD = re.compile(r"<\|constrain\|>\s*([^\s<]*)")
 _LEADING_HEADER_WORDS = re.compile(r"^\s*(?:(?:assistant|analysis|commentary|final|json|code|to=\S*)(?:\s+|$))*")
-_MESSAGE_TERMINATORS = {harmony_ids.END, harmony_ids.RETURN, harmony_ids.CALL, harmony_ids.ENDOFTEXT}
+_TERMINATOR_NAMES = {harmony_ids.END: "end", harmony_ids.RETURN: "return", harmony_ids.CALL: "call",
+                     harmony_ids.ENDOFTEXT: "return"}
 
 
 @dataclass
 class ParsedMessage:
-    """One message of model output."""
     channel: str | None = None
     recipient: str | None = None  # normalised: "functions.NAME", "browser.search", "python", ...
     content_type: str | None = None  # "json", "code", ...
@@ -92,13 +92,9 @@ class HarmonyOutputParser:
         self.builtin_namespaces = set(builtin_namespaces)
         self.messages: list[ParsedMessage] = []
         self._header: _Header | None = None
-        self._open: ParsedMessage | None = None  # message whose content is being read
+        # The message whose content tokens are being read now (None between messages and in headers).
+        self.open_message: ParsedMessage | None = None
         self._pending_ids: list[int] = []  # content tokens not yet decodable to whole characters
-
-    @property
-    def open_message(self) -> ParsedMessage | None:
-        """The message whose content tokens are being read now (None between messages and in headers)."""
-        return self._open
 
     def start_assistant_reply(self, prefill_ids: Sequence[int] = ()) -> list[ParseEvent]:
         """Put the parser where the prompt leaves the model: inside `<|start|>assistant`."""
@@ -116,7 +112,7 @@ class HarmonyOutputParser:
         events: list[ParseEvent] = []
         if self._header is not None:
             self._header_to_text(events)
-        if self._open is not None:
+        if self.open_message is not None:
             self._close(None, events)
         return events
 
@@ -124,7 +120,7 @@ class HarmonyOutputParser:
 
     def _feed_one(self, token_id: int, events: list[ParseEvent]) -> None:
         special = harmony_ids.FIRST_SPECIAL_ID <= token_id <= harmony_ids.LAST_SPECIAL_ID
-        if self._open is not None:
+        if self.open_message is not None:
             self._feed_content(token_id, special, events)
         elif self._header is not None:
             self._feed_header(token_id, special, events)
@@ -134,13 +130,10 @@ class HarmonyOutputParser:
     def _feed_between(self, token_id: int, special: bool, events: list[ParseEvent]) -> None:
         if token_id == harmony_ids.START:
             self._header = _Header()
-        elif token_id == harmony_ids.CHANNEL:
-            # `<|end|><|channel|>final...`: the model forgot `<|start|>assistant`.
-            self._header = _Header(explicit=False)
-            self._feed_header(token_id, special, events)
-        elif not special:
-            # Text after `<|end|>` without a new `<|start|>`: a header missing its start, or
-            # plain text. Which one shows at `<|message|>` or at the header's length limit.
+        elif token_id == harmony_ids.CHANNEL or not special:
+            # `<|end|><|channel|>final...`: the model forgot `<|start|>assistant`. Text after `<|end|>`
+            # without a new `<|start|>`: a header missing its start, or plain text. Which one shows at
+            # `<|message|>` or at the header's length limit.
             self._header = _Header(explicit=False)
             self._feed_header(token_id, special, events)
         # other specials between messages carry nothing
@@ -150,10 +143,10 @@ class HarmonyOutputParser:
         assert header is not None
         if token_id == harmony_ids.MESSAGE:
             self._header = None
-            self._open_message(self._parse_header(header), events)
+            self._start_message(self._parse_header(header), events)
         elif token_id == harmony_ids.START:
             self._header = _Header()  # a restarted header replaces the broken one
-        elif token_id in _MESSAGE_TERMINATORS:
+        elif token_id in _TERMINATOR_NAMES:
             self._header_to_text(events, terminator=token_id)
         elif special:
             if token_id in (harmony_ids.CHANNEL, harmony_ids.CONSTRAIN):
@@ -167,9 +160,9 @@ class HarmonyOutputParser:
     def _feed_content(self, token_id: int, special: bool, events: list[ParseEvent]) -> None:
         if not special:
             self._pending_ids.append(token_id)
-            self._open.token_count += 1  # type: ignore[union-attr]
+            self.open_message.token_count += 1  # type: ignore[union-attr]
             return
-        if token_id in _MESSAGE_TERMINATORS:
+        if token_id in _TERMINATOR_NAMES:
             self._close(token_id, events)
         elif token_id == harmony_ids.START:
             self._close(None, events)
@@ -183,30 +176,28 @@ class HarmonyOutputParser:
 
     # --- messages ---
 
-    def _open_message(self, message: ParsedMessage, events: list[ParseEvent]) -> None:
+    def _start_message(self, message: ParsedMessage, events: list[ParseEvent]) -> None:
         self.messages.append(message)
-        self._open = message
+        self.open_message = message
         events.append(ParseEvent("start", len(self.messages) - 1, message))
 
     def _close(self, terminator_id: int | None, events: list[ParseEvent]) -> None:
         self._flush_text(events, final=True)
-        message = self._open
+        message = self.open_message
         assert message is not None
-        message.terminator = {harmony_ids.END: "end", harmony_ids.RETURN: "return",
-                              harmony_ids.CALL: "call", harmony_ids.ENDOFTEXT: "return"}.get(
-                                  terminator_id)  # type: ignore[assignment]
-        self._open = None
+        message.terminator = _TERMINATOR_NAMES.get(terminator_id)  # type: ignore[arg-type, assignment]
+        self.open_message = None
         events.append(ParseEvent("end", len(self.messages) - 1, message))
 
     def _flush_text(self, events: list[ParseEvent], *, final: bool) -> None:
-        if self._open is None or not self._pending_ids:
+        if self.open_message is None or not self._pending_ids:
             return
         text = self._encoding.decode(self._pending_ids)
         if text.endswith("\ufffd") and not final and len(self._pending_ids) < MAX_PENDING_DECODE_TOKENS:
             return  # the rest of a multi-byte character is still to come
         self._pending_ids = []
-        self._open.text += text
-        events.append(ParseEvent("text", len(self.messages) - 1, self._open, text))
+        self.open_message.text += text
+        events.append(ParseEvent("text", len(self.messages) - 1, self.open_message, text))
 
     def _header_to_text(self, events: list[ParseEvent], terminator: int | None = None) -> None:
         """A header that never reached `<|message|>` becomes message text, its markup removed.
@@ -230,8 +221,7 @@ class HarmonyOutputParser:
         if not text.strip():
             return
         # Stray text after a finished message reads as the answer, whatever came before it.
-        self._open_message(ParsedMessage(channel="final", token_count=header.token_count), events)
-        self._open.text += text  # type: ignore[union-attr]
+        self._start_message(ParsedMessage(channel="final", text=text, token_count=header.token_count), events)
         events.append(ParseEvent("text", len(self.messages) - 1, self.messages[-1], text))
         if terminator is not None:
             self._close(terminator, events)
@@ -257,8 +247,7 @@ class HarmonyOutputParser:
                 if recipient_raw is None:  # a duplicated `to=` repeats the first
                     recipient_raw = word[3:]
                 continue
-            in_role_part = position < len(role_words)
-            if in_role_part and position == 0 and word in ROLES:
+            if position == 0 and role_words and word in ROLES:
                 role = word
             elif word in CHANNELS and channel is None:
                 channel = word
@@ -312,5 +301,4 @@ def parse_output_text(text: str, *, function_names: Iterable[str] = ()) -> list[
     it continues an assistant reply."""
     ids = get_harmony_encoding().encode(text, allowed_special="all")
     starts_with_markup = bool(ids) and ids[0] in (harmony_ids.START, harmony_ids.CHANNEL)
-    return parse_output_tokens(ids, function_names=function_names,
-                               from_assistant_start=not starts_with_markup)
+    return parse_output_tokens(ids, function_names=function_names, from_assistant_start=not starts_with_markup)

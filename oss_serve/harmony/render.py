@@ -29,11 +29,6 @@ from openai_harmony import (
 from oss_serve.harmony.encoding import MESSAGE, get_harmony_encoding
 
 ReasoningLevel = Literal["low", "medium", "high"]
-_EFFORTS: dict[str, ReasoningEffort] = {
-    "low": ReasoningEffort.LOW,
-    "medium": ReasoningEffort.MEDIUM,
-    "high": ReasoningEffort.HIGH,
-}
 FUNCTIONS_NAMESPACE = "functions"
 # History texts longer than this are tokenized by `encode_text` (see render_prompt); below it, harmony's
 # encoder costs at most about a millisecond.
@@ -46,6 +41,8 @@ _UNBROKEN_RUN = re.compile(rf"[^\s\d]{{{MAX_UNBROKEN_RUN + 1},}}|\s{{{MAX_UNBROK
 
 class UnrenderableText(ValueError):
     """Text openai-harmony cannot render in reasonable time (or at all): a 400 for the request."""
+
+
 ANALYSIS, COMMENTARY, FINAL = "analysis", "commentary", "final"
 
 
@@ -70,7 +67,7 @@ class PromptSettings:
 
 
 def system_message(settings: PromptSettings) -> Message:
-    content = SystemContent.new().with_reasoning_effort(_EFFORTS[settings.reasoning_effort])
+    content = SystemContent.new().with_reasoning_effort(ReasoningEffort[settings.reasoning_effort.upper()])
     if settings.model_identity is not None:
         content = content.with_model_identity(settings.model_identity)
     if settings.current_date is not None:
@@ -81,7 +78,6 @@ def system_message(settings: PromptSettings) -> Message:
 
 
 def developer_message(settings: PromptSettings) -> Message | None:
-    """The developer message, or None when there are neither instructions nor functions."""
     if not settings.instructions and not settings.function_tools:
         return None
     content = DeveloperContent.new()
@@ -146,9 +142,7 @@ def render_prompt(history: Sequence[Message], settings: PromptSettings, *,
         if type(error).__name__ != "PanicException":
             raise
         raise UnrenderableText(f"openai-harmony failed to render the prompt ({error})") from None
-    if long_texts:
-        ids = _spliced(ids, long_texts, encode_text)  # type: ignore[arg-type]
-    return ids
+    return _spliced(ids, long_texts, encode_text) if long_texts else ids  # type: ignore[arg-type]
 
 
 def _spliced(ids: list[int], texts: dict[int, str], encode_text: Callable[[str], list[int]]) -> list[int]:

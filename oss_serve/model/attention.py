@@ -17,7 +17,7 @@ class AttentionBackend(ABC):
     def forward(self, layer_id: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor,
                 sin: torch.Tensor, sinks: torch.Tensor, sliding_window: int | None, scale: float) -> torch.Tensor:
         """q [T, Hq, D] and k, v [T, Hkv, D] for the batch's new tokens, possibly strided views of one
-        projection; q and k not yet rotated by cos, sin fp32 [T, D/2] (`model.rope.apply_rotary`).
+        projection; q and k not yet rotated by cos, sin fp32 [T, D/2] (`kernels.reference.apply_rotary`).
         Returns [T, Hq, D] in q's dtype.
 
         `sliding_window` counts the keys a query sees including its own position (None: all earlier

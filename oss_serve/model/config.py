@@ -48,8 +48,7 @@ class ModelConfig:
         # Checkpoints write `rope_scaling`; newer transformers write `rope_parameters`. Missing both
         # while rope_type is yarn would silently disable YaRN, so read either.
         rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
-        rope_type = rope.get("rope_type", rope.get("type", "default"))
-        yarn = rope_type == "yarn"
+        yarn = rope.get("rope_type", rope.get("type")) == "yarn"
         quant = (d.get("quantization_config") or {}).get("quant_method")
         if quant not in SUPPORTED_QUANT_METHODS:
             raise ValueError(f"config.json: unknown quantization_config.quant_method {quant!r}; "
@@ -89,9 +88,6 @@ class ModelConfig:
             raise FileNotFoundError(f"{path} not found: a gpt-oss checkpoint folder needs a config.json")
         return cls.from_dict(json.loads(path.read_text()))
 
-    def is_sliding(self, layer_id: int) -> bool:
-        return self.layer_types[layer_id] == "sliding_attention"
-
     def window_of(self, layer_id: int) -> int | None:
         """Keys visible to a query on this layer, counting its own position; None for full attention."""
-        return self.sliding_window if self.is_sliding(layer_id) else None
+        return self.sliding_window if self.layer_types[layer_id] == "sliding_attention" else None

@@ -8,7 +8,7 @@ from oss_serve.kernels.rms_norm import rms_norm
 from oss_serve.kernels.skinny_linear import linear
 from oss_serve.model.attention import AttentionBackend
 from oss_serve.model.config import ModelConfig
-from oss_serve.model.moe import MoE
+from oss_serve.model.moe import MoE, frozen
 from oss_serve.model.rope import RotaryEmbedding
 
 
@@ -16,7 +16,7 @@ class RMSNorm(nn.Module):
     def __init__(self, size: int, eps: float, dtype: torch.dtype, device: torch.device | str) -> None:
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.empty(size, dtype=dtype, device=device), requires_grad=False)
+        self.weight = frozen(size, dtype=dtype, device=device)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None
                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -32,8 +32,7 @@ class Linear(nn.Linear):
         return linear(x, self.weight, self.bias)
 
 
-def _linear(in_features: int, out_features: int, bias: bool, dtype: torch.dtype,
-            device: torch.device | str) -> Linear:
+def _linear(in_features: int, out_features: int, bias: bool, dtype: torch.dtype, device: torch.device | str) -> Linear:
     layer = Linear(in_features, out_features, bias=bias, dtype=dtype, device=device)
     layer.requires_grad_(False)
     return layer
@@ -52,7 +51,7 @@ class Attention(nn.Module):
         self.v_proj = _linear(H, self.num_kv_heads * self.head_dim, True, dtype, device)
         self.o_proj = _linear(self.num_heads * self.head_dim, H, True, dtype, device)
         # Sinks stay fp32: they are single logits and the softmax runs in fp32.
-        self.sinks = nn.Parameter(torch.empty(self.num_heads, dtype=torch.float32, device=device), requires_grad=False)
+        self.sinks = frozen(self.num_heads, dtype=torch.float32, device=device)
         # q/k/v_proj's weights and biases side by side, [Nq + 2Nk, H] and [Nq + 2Nk]: see fuse_qkv().
         # Buffers, so that they follow the module to another device (the parameters then stop being views).
         self.register_buffer("qkv_weight", None, persistent=False)
@@ -74,8 +73,7 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn: AttentionBackend) -> torch.Tensor:
         T = x.shape[0]
-        qkv = linear(x, self.qkv_weight, self.qkv_bias).view(T, self.num_heads + 2 * self.num_kv_heads,
-                                                             self.head_dim)
+        qkv = linear(x, self.qkv_weight, self.qkv_bias).view(T, self.num_heads + 2 * self.num_kv_heads, self.head_dim)
         q, k, v = qkv.split([self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=1)
         out = attn.forward(self.layer_id, q, k, v, cos, sin, self.sinks, self.window, self.scale)
         return self.o_proj(out.reshape(T, self.num_heads * self.head_dim))

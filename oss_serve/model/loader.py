@@ -39,7 +39,6 @@ class LoadedModel:
     model: GptOssForCausalLM
     config: ModelConfig
     folder: Path
-    dtype: torch.dtype
     device: torch.device
 
 
@@ -51,9 +50,7 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
+def resolve_dtype(dtype: str) -> torch.dtype:
     if dtype == "auto":
         # The checkpoints are bf16; CPUs without fast bf16 matmuls still run it correctly.
         return torch.bfloat16
@@ -90,7 +87,7 @@ def use_packed_mxfp4(config: ModelConfig, device: torch.device, moe_backend: str
                                                (moe_backend == "auto" and device.type == "cuda"))
 
 
-def load_model(model_path: str, *, dtype: str | torch.dtype = "auto", device: str = "auto",
+def load_model(model_path: str, *, dtype: str = "auto", device: str = "auto",
                load_format: str = "auto", revision: str | None = None, seed: int = 0,
                moe_backend: str = "auto", shard: TensorParallelShard | None = None) -> LoadedModel:
     """With `shard`, builds and loads only that tensor-parallel rank's part (`model.config` is then
@@ -98,7 +95,7 @@ def load_model(model_path: str, *, dtype: str | torch.dtype = "auto", device: st
     folder = resolve_model_path(model_path, revision)
     config = ModelConfig.from_folder(folder)
     torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, torch_device)
+    torch_dtype = resolve_dtype(dtype)
     packed = use_packed_mxfp4(config, torch_device, moe_backend)
     local_config = config if shard is None else shard.local_config(config)
     # Built on the meta device then materialized uninitialized: every weight is overwritten next,
@@ -120,7 +117,7 @@ def load_model(model_path: str, *, dtype: str | torch.dtype = "auto", device: st
     params_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     logger.info("Loaded %s: %d layers, %.2f GiB of weights in %s on %s", folder, config.num_layers,
                 params_bytes / 2**30, str(torch_dtype).removeprefix("torch."), torch_device)
-    return LoadedModel(model, local_config, folder, torch_dtype, torch_device)
+    return LoadedModel(model, local_config, folder, torch_device)
 
 
 def init_dummy_weights(model: GptOssForCausalLM, seed: int) -> None:
@@ -131,21 +128,18 @@ def init_dummy_weights(model: GptOssForCausalLM, seed: int) -> None:
     for name, param in model.named_parameters():
         if name.endswith("norm.weight"):
             param.fill_(1.0)
-            continue
-        if name.endswith("_blocks"):
+        elif name.endswith("_blocks"):
             param.random_(0, 256, generator=generator)
-            continue
-        if name.endswith("_scales"):
+        elif name.endswith("_scales"):
             # Power-of-two scales that give the decoded weights an rms near 1/sqrt(fan_in).
             fan_in = param.shape[-1] * 32
             exponent = SCALE_BIAS + round(math.log2(1 / math.sqrt(fan_in) / FP4_RMS))
             param.random_(exponent - 1, exponent + 2, generator=generator)
-            continue
-        if name.endswith(("sinks", "embed_tokens.weight")):
-            std = 1.0
+        elif name.endswith(("sinks", "embed_tokens.weight")):
+            param.normal_(0.0, 1.0, generator=generator)
         else:
             std = min(0.02, 1 / math.sqrt(param.shape[-1])) if param.dim() > 1 else 0.02
-        param.normal_(0.0, std, generator=generator)
+            param.normal_(0.0, std, generator=generator)
 
 
 def _shard_files(folder: Path) -> dict[str, Path]:
@@ -238,15 +232,11 @@ def load_safetensors(model: GptOssForCausalLM, config: ModelConfig, folder: Path
                     if part is not None and part.start == part.stop:
                         params[base].zero_()  # a rank that holds only padding
                         continue
-                    scales_name, scales_shard = base + "_scales", files[base + "_scales"]
-                    if scales_shard == shard_path:
-                        scales = _read(f, scales_name, shard_path, part)
-                    else:
-                        with _open_shard(scales_shard) as g:
-                            scales = _read(g, scales_name, scales_shard, part)
+                    with _open_shard(files[base + "_scales"]) as g:
+                        scales = _read(g, base + "_scales", files[base + "_scales"], part)
                     dense = dequantize_mxfp4(_read(f, name, shard_path, part), scales,
                                              dtype=params[base].dtype)  # [E, out, in]
-                    _copy_into_corner(params[base], dense)
+                    _corner(params[base], dense.shape).copy_(dense)
                     dequantized_bytes += dense.numel() * dense.element_size()
                     del dense
     if dequantized_bytes:
@@ -266,11 +256,12 @@ def _disk_index(shape: list[int], part: DiskSlice | None) -> list[slice]:
     return index
 
 
-def _copy_into_corner(target: torch.Tensor, part: torch.Tensor) -> None:
-    """A tensor-parallel rank's slice fills its parameter from index 0; what it leaves (padding) is zero."""
-    if part.shape != target.shape:
+def _corner(target: torch.Tensor, shape: list[int] | torch.Size) -> torch.Tensor:
+    """Where a tensor-parallel rank's slice of `shape` goes in its parameter: from index 0 on, with what
+    it leaves (padding) zeroed."""
+    if list(shape) != list(target.shape):
         target.zero_()
-    target[tuple(slice(0, n) for n in part.shape)].copy_(part)
+    return target[tuple(slice(0, n) for n in shape)]
 
 
 def _copy_in_row_chunks(f, name: str, shard: Path, target: torch.Tensor, part: DiskSlice | None = None,
@@ -282,17 +273,12 @@ def _copy_in_row_chunks(f, name: str, shard: Path, target: torch.Tensor, part: D
         target = target.transpose(-1, -2)
     try:
         view = f.get_slice(name)
-        if target.dim() == 0:
-            target.copy_(f.get_tensor(name))
-            return
         index = _disk_index(view.get_shape(), part)
         region = [s.stop - s.start for s in index]
         if 0 in region:
             target.zero_()  # a rank that holds only padding
             return
-        if region != list(target.shape):
-            target.zero_()
-        dest = target[tuple(slice(0, n) for n in region)]
+        dest = _corner(target, region)
         row_bytes = max(1, dest[0].numel() * dest.element_size())
         step = max(1, ROWS_PER_READ_BYTES // row_bytes)
         first = index[0].start
@@ -305,8 +291,6 @@ def _copy_in_row_chunks(f, name: str, shard: Path, target: torch.Tensor, part: D
 
 def _read(f, name: str, shard: Path, part: DiskSlice | None = None) -> torch.Tensor:
     try:
-        if part is None:
-            return f.get_tensor(name)
         view = f.get_slice(name)
         return view[tuple(_disk_index(view.get_shape(), part))]
     except SafetensorError as e:

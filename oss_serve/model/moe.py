@@ -10,13 +10,16 @@ from oss_serve.kernels.skinny_linear import linear
 from oss_serve.model.config import ModelConfig
 
 
+def frozen(*shape: int, dtype: torch.dtype, device: torch.device | str) -> nn.Parameter:
+    return nn.Parameter(torch.empty(*shape, dtype=dtype, device=device), requires_grad=False)
+
+
 class Router(nn.Module):
     def __init__(self, config: ModelConfig, dtype: torch.dtype, device: torch.device | str) -> None:
         super().__init__()
         self.top_k = config.experts_per_token
-        self.weight = nn.Parameter(torch.empty(config.num_experts, config.hidden_size, dtype=dtype, device=device),
-                                   requires_grad=False)
-        self.bias = nn.Parameter(torch.empty(config.num_experts, dtype=dtype, device=device), requires_grad=False)
+        self.weight = frozen(config.num_experts, config.hidden_size, dtype=dtype, device=device)
+        self.bias = frozen(config.num_experts, dtype=dtype, device=device)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns expert ids [T, k] and their fp32 weights [T, k] (softmax over the chosen k only)."""
@@ -33,14 +36,10 @@ class TorchExperts(nn.Module):
         super().__init__()
         E, H, I = config.num_experts, config.hidden_size, config.intermediate_size
         self.limit, self.alpha = config.swiglu_limit, config.swiglu_alpha
-
-        def empty(*shape: int) -> nn.Parameter:
-            return nn.Parameter(torch.empty(*shape, dtype=dtype, device=device), requires_grad=False)
-
-        self.gate_up_proj = empty(E, 2 * I, H)
-        self.gate_up_proj_bias = empty(E, 2 * I)
-        self.down_proj = empty(E, H, I)
-        self.down_proj_bias = empty(E, H)
+        self.gate_up_proj = frozen(E, 2 * I, H, dtype=dtype, device=device)
+        self.gate_up_proj_bias = frozen(E, 2 * I, dtype=dtype, device=device)
+        self.down_proj = frozen(E, H, I, dtype=dtype, device=device)
+        self.down_proj_bias = frozen(E, H, dtype=dtype, device=device)
 
     def forward(self, x: torch.Tensor, expert_ids: torch.Tensor, expert_weights: torch.Tensor) -> torch.Tensor:
         num_tokens, top_k = expert_ids.shape
@@ -72,16 +71,12 @@ class Mxfp4Experts(nn.Module):
         super().__init__()
         E, H, I = config.num_experts, config.hidden_size, config.intermediate_size
         self.limit, self.alpha = config.swiglu_limit, config.swiglu_alpha
-
-        def empty(*shape: int, dtype: torch.dtype = torch.uint8) -> nn.Parameter:
-            return nn.Parameter(torch.empty(*shape, dtype=dtype, device=device), requires_grad=False)
-
-        self.gate_up_proj_blocks = empty(E, 2 * I, H // 32, 16)
-        self.gate_up_proj_scales = empty(E, 2 * I, H // 32)
-        self.gate_up_proj_bias = empty(E, 2 * I, dtype=dtype)
-        self.down_proj_blocks = empty(E, H, I // 32, 16)
-        self.down_proj_scales = empty(E, H, I // 32)
-        self.down_proj_bias = empty(E, H, dtype=dtype)
+        self.gate_up_proj_blocks = frozen(E, 2 * I, H // 32, 16, dtype=torch.uint8, device=device)
+        self.gate_up_proj_scales = frozen(E, 2 * I, H // 32, dtype=torch.uint8, device=device)
+        self.gate_up_proj_bias = frozen(E, 2 * I, dtype=dtype, device=device)
+        self.down_proj_blocks = frozen(E, H, I // 32, 16, dtype=torch.uint8, device=device)
+        self.down_proj_scales = frozen(E, H, I // 32, dtype=torch.uint8, device=device)
+        self.down_proj_bias = frozen(E, H, dtype=dtype, device=device)
 
     def forward(self, x: torch.Tensor, expert_ids: torch.Tensor, expert_weights: torch.Tensor) -> torch.Tensor:
         from oss_serve.kernels.moe_mxfp4 import moe_mxfp4

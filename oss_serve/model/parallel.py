@@ -50,7 +50,6 @@ class TensorParallelShard:
     size: int
 
     def check(self, config: ModelConfig) -> None:
-        """Raise ValueError when this model cannot be split `size` ways."""
         if config.num_kv_heads % self.size:
             raise ValueError(f"--tp {self.size} must divide the model's {config.num_kv_heads} KV heads "
                              f"(each rank holds whole KV heads and the query heads that read them)")

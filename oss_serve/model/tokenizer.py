@@ -6,11 +6,8 @@ import functools
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import tokenizers
-
-TOKENIZER_FILE = "tokenizer.json"
 
 
 def _byte_level_symbols() -> dict[str, int]:
@@ -24,21 +21,6 @@ def _byte_level_symbols() -> dict[str, int]:
 
 
 _BYTE_OF_SYMBOL = _byte_level_symbols()
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    with open(path, encoding="utf-8") as file:
-        return json.load(file)
-
-
-def _as_id_list(value: int | list[int] | None) -> list[int]:
-    if value is None:
-        return []
-    if isinstance(value, int):
-        return [value]
-    return [int(token_id) for token_id in value]
 
 
 class Tokenizer:
@@ -64,15 +46,15 @@ class Tokenizer:
     def from_pretrained(cls, folder: str | Path) -> Tokenizer:
         """Load from a checkpoint folder holding tokenizer.json (and generation_config.json)."""
         folder = Path(folder)
-        tokenizer_json = (folder / TOKENIZER_FILE).read_text(encoding="utf-8")
+        tokenizer_json = (folder / "tokenizer.json").read_text(encoding="utf-8")
         # generation_config.json lists every id that ends generation; config.json often only one.
-        eos_token_ids: list[int] = []
-        for config_name in ("generation_config.json", "config.json"):
-            config = _read_json(folder / config_name)
-            if config is not None and config.get("eos_token_id") is not None:
-                eos_token_ids = _as_id_list(config["eos_token_id"])
-                break
-        return cls(tokenizer_json, eos_token_ids)
+        for config_path in (folder / "generation_config.json", folder / "config.json"):
+            if not config_path.is_file():
+                continue
+            eos = json.loads(config_path.read_text(encoding="utf-8")).get("eos_token_id")
+            if eos is not None:
+                return cls(tokenizer_json, [eos] if isinstance(eos, int) else [int(token_id) for token_id in eos])
+        return cls(tokenizer_json)
 
     @property
     def vocab_size(self) -> int:
